@@ -1,0 +1,35 @@
+# Two commands: `make quickstart` (install + a first few-shot result on Omniglot)
+# and `make test` (install + the test suite; .ci/run runs exactly this).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Where the data lives is configuration: ../shared/data when this checkout has it
+# (CI and the development machines), else pass OMNIGLOT_DIR=/your/copy.
+OMNIGLOT_DIR ?= $(abspath ../shared/data/omniglot)
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+WORKDIR ?= workdirs/quickstart
+
+.PHONY: install data quickstart test benchmark
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --upgrade --quiet pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+# Debian's dataset-fashion-mnist ships the official IDX files; installed when apt
+# is available and they are missing.
+data:
+	@if [ ! -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+quickstart: install data
+	$(PY) launch/train.py --config=configs/fsl/dense_classification.py:dataset=omniglot,encoder=conv4,quick \
+	  --config.data_dir=$(OMNIGLOT_DIR) --workdir=$(WORKDIR)
+
+test: install data
+	OMNIGLOT_DIR=$(OMNIGLOT_DIR) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m pytest -q -x --durations=15

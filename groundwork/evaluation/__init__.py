@@ -1,0 +1,2 @@
+"""Evaluation helpers shared by both projects."""
+from groundwork.evaluation.confidence import mean_ci95
