@@ -56,6 +56,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), subdir)
     self._manager = ocp.CheckpointManager(
         self.directory,
+        item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=False))
 

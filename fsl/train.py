@@ -1,0 +1,238 @@
+"""Few-shot base training (GAP or dense classification) and episodic evaluation.
+
+Lifchitz et al., "Dense Classification and Implanting for Few-Shot Learning",
+CVPR 2019. Reads top to bottom: data, model, train step, checkpoints, the
+training loop, then novel-class evaluation written to results.json.
+"""
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fsl import fewshot_data
+from fsl.cosine_classifier import CosineClassifier
+from fsl.dense_loss import dense_loss, gap_loss
+from fsl.episodic_evaluation import (embed_in_batches, episode_accuracies, lake_oneshot_error,
+                                     print_progress, summarize)
+from groundwork import training
+from groundwork.data import augment_batch, make_episodes
+from groundwork.encoders import build_encoder
+
+HEADS = ('gap', 'dc')
+SCORINGS = ('pooled', 'dense')
+
+
+# ----------------------------------------------------------------------------
+# Configuration checks: before any data is read or anything compiled.
+# ----------------------------------------------------------------------------
+def check_config(config: ml_collections.ConfigDict) -> None:
+  if config.head not in HEADS:
+    raise ValueError(f'config.head={config.head!r} is not one of {list(HEADS)}.')
+  if config.eval.scoring not in SCORINGS:
+    raise ValueError(f'config.eval.scoring={config.eval.scoring!r} is not one of {list(SCORINGS)}.')
+  for field in ('batch_size', 'optim.epochs', 'eval.n_way', 'eval.n_query', 'eval.episodes'):
+    value = config
+    for part in field.split('.'):
+      value = value[part]
+    if value < 1:
+      raise ValueError(f'config.{field}={value} must be at least 1.')
+  if any(k < 1 for k in config.eval.shots):
+    raise ValueError(f'config.eval.shots={tuple(config.eval.shots)}: every shot count must be >= 1.')
+  fewshot_data.check_dataset_name(config.dataset)
+
+
+# ----------------------------------------------------------------------------
+# Model: a shared encoder and a cosine classifier over pooled or dense features.
+# ----------------------------------------------------------------------------
+class FewShotNet(nn.Module):
+  """Encoder + cosine classifier; returns (logits, {'feature_map', 'pooled'})."""
+  encoder: nn.Module
+  num_classes: int
+  head: str = 'dc'
+  scale_init: float = 10.0
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    feature_map, pooled = self.encoder(x, train=train)
+    classifier = CosineClassifier(self.num_classes, self.scale_init, name='classifier')
+    logits = classifier(feature_map if self.head == 'dc' else pooled)
+    return logits, {'feature_map': feature_map, 'pooled': pooled}
+
+
+def build_model(config, num_classes: int) -> FewShotNet:
+  encoder = build_encoder(config.encoder, **config.encoder_kwargs.to_dict())
+  return FewShotNet(encoder, num_classes, config.head, config.classifier_scale_init)
+
+
+def create_state(config, model, image_shape, tx) -> training.TrainState:
+  key = training.seed_key(config.seed)
+  variables = jax.jit(lambda k: model.init({'params': k, 'dropout': k},
+                                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
+                      )(key)
+  return training.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                    batch_stats=variables.get('batch_stats', {}), tx=tx)
+
+
+# ----------------------------------------------------------------------------
+# Train step: pure, jitted once, batch sharded over the data mesh.
+# ----------------------------------------------------------------------------
+def train_step(state: training.TrainState, images: jax.Array, labels: jax.Array,
+               rng: jax.Array, *, head: str, augment) -> tuple[training.TrainState, dict]:
+  augment_key, dropout_key = jax.random.split(rng)
+  inputs = augment_batch(augment_key, images, augment)
+
+  def loss_fn(params):
+    (logits, _), updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+    loss = dense_loss(logits, labels) if head == 'dc' else gap_loss(logits, labels)
+    pooled_logits = logits.mean(axis=(1, 2)) if head == 'dc' else logits
+    accuracy = jnp.mean(jnp.argmax(pooled_logits, -1) == labels)
+    return loss, (updates['batch_stats'], accuracy)
+
+  (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  return state, {'loss': loss, 'accuracy': accuracy}
+
+
+def embed_fn(state: training.TrainState, normalize):
+  """Jitted eval-mode encoder: uint8 images -> (pooled [B,C], feature_map [B,h,w,C])."""
+  @jax.jit
+  def embed(images):
+    _, out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                            normalize(images), train=False)
+    return out['pooled'], out['feature_map']
+  return embed
+
+
+# ----------------------------------------------------------------------------
+# Evaluation on novel classes: fixed seeded episodes, mean and 95% CI.
+# ----------------------------------------------------------------------------
+def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progress=None) -> dict:
+  embed = embed_fn(state, lambda x: augment_batch(None, x, config.augment, train=False))
+  need_maps = config.eval.scoring == 'dense'
+  pooled = embed_in_batches(lambda b: embed(b)[0], dataset.images, config.eval.embed_batch)
+  maps = (embed_in_batches(lambda b: embed(b)[1], dataset.images, config.eval.embed_batch)
+          if need_maps else None)
+  results = {}
+  for k_shot in shots:
+    episodes = make_episodes(dataset.labels, config.eval.n_way, k_shot, config.eval.n_query,
+                             num_episodes, seed)
+    accuracies = episode_accuracies(pooled, episodes, maps=maps, scoring=config.eval.scoring,
+                                    n_way=config.eval.n_way,
+                                    batch_size=config.eval.batch_episodes, progress=progress)
+    results[f'{config.eval.n_way}way_{k_shot}shot'] = summarize(accuracies)
+  return results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dict:
+  """Evaluates the kept checkpoint of `workdir` on the novel classes; writes results.json."""
+  check_config(config)
+  data = fewshot_data.load(config)
+  if state is None:
+    model = build_model(config, data.num_base_classes)
+    tx, _ = training.make_optimizer(config.optim, 1)
+    template = create_state(config, model, data.base.images.shape[1:], tx)
+    restored = training.Checkpointer(workdir, subdir='kept').restore(template)
+    if restored is None:
+      raise FileNotFoundError(
+          f'no checkpoint in {os.path.join(workdir, "kept")}: train first with '
+          f'`python launch/train.py --config=... --workdir={workdir}`.')
+    state = restored[0]
+  print(f'Evaluating {config.eval.episodes} episodes per setting on {data.novel_name}...')
+  results = {'fewshot': evaluate_episodes(state, config, data.novel, config.eval.shots,
+                                          config.eval.episodes, config.eval.seed,
+                                          progress=print_progress)}
+  if data.lake_runs:
+    embed = embed_fn(state, lambda x: augment_batch(None, x, config.augment, train=False))
+    results['lake_oneshot'] = lake_oneshot_error(lambda b: embed(b)[0], data.lake_runs)
+  training.write_json(os.path.join(workdir, 'results.json'), results)
+  print_table(results)
+  return results
+
+
+def print_table(results: dict) -> None:
+  print(f'{"setting":<16}{"accuracy %":>12}{"95% CI":>10}{"episodes":>10}')
+  for name, r in results['fewshot'].items():
+    print(f'{name:<16}{100 * r["accuracy"]:>12.2f}{100 * r["ci95"]:>10.2f}{r["episodes"]:>10}')
+  if 'lake_oneshot' in results:
+    lake = results['lake_oneshot']
+    print(f'Lake 20-way one-shot error: {100 * lake["error"]:.2f}% over {lake["items"]} items')
+
+
+# ----------------------------------------------------------------------------
+# Training loop.
+# ----------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  check_config(config)
+  data = fewshot_data.load(config)
+  mesh = training.data_mesh()
+  training.check_batch_size(config.batch_size, mesh)
+  os.makedirs(workdir, exist_ok=True)
+  training.save_config(workdir, config)
+
+  num_images = len(data.base.labels)
+  steps_per_epoch = num_images // config.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'config.batch_size={config.batch_size} exceeds the {num_images} base '
+                     'training images; lower it.')
+  total_steps = steps_per_epoch * config.optim.epochs
+  model = build_model(config, data.num_base_classes)
+  tx, schedule = training.make_optimizer(config.optim, steps_per_epoch)
+  state = create_state(config, model, data.base.images.shape[1:], tx)
+
+  checkpoints = training.Checkpointer(workdir, keep=config.checkpoint.keep)
+  kept = training.Checkpointer(workdir, keep=1, subdir='kept')
+  best_val = np.asarray(-1.0)
+  restored = checkpoints.restore(state, {'best_val': best_val})
+  if restored is not None:
+    state, extra, _ = restored
+    best_val = extra['best_val']
+    print(f'Resumed from step {int(state.step)} in {checkpoints.directory}.')
+  state = training.replicate(state, mesh)
+
+  step_fn = jax.jit(lambda s, x, y, r: train_step(s, x, y, r, head=config.head,
+                                                  augment=config.augment),
+                    donate_argnums=(0,))
+  logger = training.MetricLogger(workdir, total_steps)
+  images, labels = data.base.images, data.base.labels
+  start_epoch = int(state.step) // steps_per_epoch
+  for epoch in range(start_epoch, config.optim.epochs):
+    # The epoch's order is a function of (seed, epoch): a resumed run replays it.
+    order = np.asarray(jax.random.permutation(training.step_rng(config.seed, epoch, stream=1),
+                                              num_images))
+    first = int(state.step) - epoch * steps_per_epoch
+    for i in range(first, steps_per_epoch):
+      step = epoch * steps_per_epoch + i
+      idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+      batch = training.shard_batch((images[idx], labels[idx]), mesh)
+      state, metrics = step_fn(state, *batch, training.step_rng(config.seed, step))
+      if (step + 1) % config.log_every_steps == 0 or step + 1 == total_steps:
+        loss = float(metrics['loss'])
+        training.check_finite(loss, step + 1, checkpoints.directory)
+        logger.log(step + 1, {'loss': loss, 'accuracy': float(metrics['accuracy']),
+                              'lr': float(schedule(step))})
+
+    last_epoch = epoch + 1 == config.optim.epochs
+    if data.val is not None and ((epoch + 1) % config.validation.every_epochs == 0 or last_epoch):
+      # The paper keeps the checkpoint with the best 5-way accuracy on validation classes.
+      val = evaluate_episodes(state, config, data.val, (config.validation.shot,),
+                              config.validation.episodes, config.validation.seed)
+      val_acc = next(iter(val.values()))['accuracy']
+      logger.log(int(state.step), {'val_accuracy': val_acc})
+      if val_acc > float(best_val):
+        best_val = np.asarray(val_acc)
+        kept.save(int(state.step), state)
+    elif data.val is None and last_epoch:
+      kept.save(int(state.step), state)  # No validation classes: keep the last.
+    if (epoch + 1) % config.checkpoint.every_epochs == 0 or last_epoch:
+      checkpoints.save(int(state.step), state, {'best_val': best_val})
+  logger.flush()
+  restored = kept.restore(state)
+  return evaluate(config, workdir, state=restored[0] if restored else state)
