@@ -4,9 +4,8 @@ Lifchitz et al., "Dense Classification and Implanting for Few-Shot Learning",
 CVPR 2019. Reads top to bottom: data, model, train step, checkpoints, the
 training loop, then novel-class evaluation written to results.json.
 """
+import functools
 import os
-import time
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,7 +20,7 @@ from fsl.dense_loss import dense_loss, gap_loss
 from fsl.episodic_evaluation import (embed_in_batches, episode_accuracies, lake_oneshot_error,
                                      print_progress, summarize)
 from groundwork import training
-from groundwork.data import augment_batch, make_episodes
+from groundwork.data import AugmentSpec, augment, augment_batch, augment_spec_for, make_episodes
 from groundwork.encoders import build_encoder
 
 HEADS = ('gap', 'dc')
@@ -83,9 +82,9 @@ def create_state(config, model, image_shape, tx) -> training.TrainState:
 # Train step: pure, jitted once, batch sharded over the data mesh.
 # ----------------------------------------------------------------------------
 def train_step(state: training.TrainState, images: jax.Array, labels: jax.Array,
-               rng: jax.Array, *, head: str, augment) -> tuple[training.TrainState, dict]:
+               rng: jax.Array, *, head: str, augment_spec) -> tuple[training.TrainState, dict]:
   augment_key, dropout_key = jax.random.split(rng)
-  inputs = augment_batch(augment_key, images, augment)
+  inputs = augment_batch(augment_key, images, augment_spec)
 
   def loss_fn(params):
     (logits, _), updates = state.apply_fn(
@@ -101,12 +100,19 @@ def train_step(state: training.TrainState, images: jax.Array, labels: jax.Array,
   return state, {'loss': loss, 'accuracy': accuracy}
 
 
-def embed_fn(state: training.TrainState, normalize):
+def train_augmentation(config) -> AugmentSpec:
+  return augment_spec_for(config.dataset, train=True, **config.augment)
+
+
+def embed_fn(state: training.TrainState, config):
   """Jitted eval-mode encoder: uint8 images -> (pooled [B,C], feature_map [B,h,w,C])."""
+  spec = augment_spec_for(config.dataset, train=False)
+
   @jax.jit
   def embed(images):
+    inputs = augment.normalize(images, spec.mean, spec.std)
     _, out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                            normalize(images), train=False)
+                            inputs, train=False)
     return out['pooled'], out['feature_map']
   return embed
 
@@ -115,11 +121,13 @@ def embed_fn(state: training.TrainState, normalize):
 # Evaluation on novel classes: fixed seeded episodes, mean and 95% CI.
 # ----------------------------------------------------------------------------
 def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progress=None) -> dict:
-  embed = embed_fn(state, lambda x: augment_batch(None, x, config.augment, train=False))
-  need_maps = config.eval.scoring == 'dense'
-  pooled = embed_in_batches(lambda b: embed(b)[0], dataset.images, config.eval.embed_batch)
-  maps = (embed_in_batches(lambda b: embed(b)[1], dataset.images, config.eval.embed_batch)
-          if need_maps else None)
+  embed = embed_fn(state, config)
+  maps, pooled = None, None
+  if config.eval.scoring == 'dense':
+    maps = embed_in_batches(lambda b: embed(b)[1], dataset.images, config.eval.embed_batch)
+    pooled = maps.mean(axis=(1, 2))  # Every encoder's pooled feature is this mean.
+  else:
+    pooled = embed_in_batches(lambda b: embed(b)[0], dataset.images, config.eval.embed_batch)
   results = {}
   for k_shot in shots:
     episodes = make_episodes(dataset.labels, config.eval.n_way, k_shot, config.eval.n_query,
@@ -150,7 +158,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dic
                                           config.eval.episodes, config.eval.seed,
                                           progress=print_progress)}
   if data.lake_runs:
-    embed = embed_fn(state, lambda x: augment_batch(None, x, config.augment, train=False))
+    embed = embed_fn(state, config)
     results['lake_oneshot'] = lake_oneshot_error(lambda b: embed(b)[0], data.lake_runs)
   training.write_json(os.path.join(workdir, 'results.json'), results)
   print_table(results)
@@ -197,8 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'Resumed from step {int(state.step)} in {checkpoints.directory}.')
   state = training.replicate(state, mesh)
 
-  step_fn = jax.jit(lambda s, x, y, r: train_step(s, x, y, r, head=config.head,
-                                                  augment=config.augment),
+  step_fn = jax.jit(functools.partial(train_step, head=config.head,
+                                      augment_spec=train_augmentation(config)),
                     donate_argnums=(0,))
   logger = training.MetricLogger(workdir, total_steps)
   images, labels = data.base.images, data.base.labels

@@ -4,6 +4,7 @@
       --workdir=workdirs/omniglot_dc
 """
 from absl import app
+from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -17,6 +18,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
   trainer_module(_CONFIG.value).evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -6,6 +6,7 @@
 A workdir that already holds a checkpoint is resumed from it.
 """
 from absl import app
+from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -19,6 +20,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
   trainer_module(_CONFIG.value).train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

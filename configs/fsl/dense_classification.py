@@ -32,22 +32,25 @@ cifar_fs, fc100), encoder (conv4, resnet12, resnet12_wide, resnet18),
 head (dc, gap), smoke (tiny shapes and a few steps, seconds on CPU), quick
 (a short Omniglot run for `make quickstart`: fewer epochs and episodes).
 """
+import dataclasses
+
 import ml_collections
 
+from groundwork.data import augment_spec_for
 from groundwork.training import parse_args
 
 DATASET_DEFAULTS = {
-    # image_size, channels, data_dir, normalization, crop padding, flip
-    'omniglot': dict(image_size=28, data_dir='data/omniglot', normalization='omniglot',
-                     crop_padding=2, flip=False, rotate_degrees=10.0),
-    'miniimagenet': dict(image_size=84, data_dir='data/miniimagenet',
-                         normalization='miniimagenet', crop_padding=8, flip=True,
-                         rotate_degrees=0.0),
-    'cifar_fs': dict(image_size=32, data_dir='data/cifar100', normalization='cifar',
-                     crop_padding=4, flip=True, rotate_degrees=0.0),
-    'fc100': dict(image_size=32, data_dir='data/cifar100', normalization='cifar',
-                  crop_padding=4, flip=True, rotate_degrees=0.0),
+    'omniglot': dict(image_size=28, data_dir='data/omniglot'),
+    'miniimagenet': dict(image_size=84, data_dir='data/miniimagenet'),
+    'cifar_fs': dict(image_size=32, data_dir='data/cifar100'),
+    'fc100': dict(image_size=32, data_dir='data/cifar100'),
 }
+
+
+def augment_fields(dataset: str) -> dict:
+  """The data layer's training augmentation of `dataset`, as overridable fields."""
+  spec = dataclasses.asdict(augment_spec_for(dataset, train=True))
+  return {k: v for k, v in spec.items() if k not in ('mean', 'std')}
 
 
 def encoder_kwargs(encoder: str, dataset: str, smoke: bool) -> dict:
@@ -98,9 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if smoke:
     c.optim.epochs = 2
 
-  c.augment = ml_collections.ConfigDict(dict(
-      normalization=defaults['normalization'], crop_padding=defaults['crop_padding'],
-      translate=0, flip=defaults['flip'], rotate_degrees=defaults['rotate_degrees']))
+  c.augment = augment_fields(dataset)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.n_way = 5
