@@ -50,6 +50,8 @@ class Conv4(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+        if not 0 <= self.pool_blocks <= 4:
+            raise ValueError(f"Conv4 pool_blocks must be in 0..4, got {self.pool_blocks}.")
         for i in range(4):
             x = Conv4Block(self.width, self.activation, dtype=self.dtype, pool=i < self.pool_blocks,
                            name=f"block{i}")(x, train)

@@ -1,0 +1,179 @@
+"""N-way K-shot episodic evaluation on precomputed features, and Lake's one-shot runs.
+
+The dataset is embedded once; each episode then only gathers rows, imprints
+prototypes and scores its queries, so thousands of episodes run as a few
+jitted, vmapped batches on device.
+"""
+import functools
+from typing import Callable, Protocol, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototypes
+from groundwork.evaluation import mean_ci95
+
+SCORINGS = ('pooled', 'dense')
+Progress = Callable[[int, int], None]
+# Batched episode function: (support_idx, query_idx, support_labels, query_labels,
+# episode_ids), each with a leading batch axis -> per-episode accuracies [batch].
+EpisodeBatchFn = Callable[..., jax.Array]
+
+
+class EpisodesLike(Protocol):
+  """What `groundwork.data.make_episodes` returns: int32 arrays with a leading episode axis."""
+  support_idx: np.ndarray     # [E, n_way * k_shot] dataset indices, class-major
+  query_idx: np.ndarray       # [E, n_way * n_query]
+  support_labels: np.ndarray  # [E, n_way * k_shot] episode labels 0..n_way-1
+  query_labels: np.ndarray    # [E, n_way * n_query]
+
+
+class LakeRunLike(Protocol):
+  """One of Lake's 20-way one-shot runs (`groundwork.data.LakeRun`)."""
+  train_images: np.ndarray  # [20, H, W, C], one image per class
+  test_images: np.ndarray   # [20, H, W, C]
+  test_targets: np.ndarray  # [20] index of the true training image
+
+
+def print_progress(done: int, total: int) -> None:
+  """Default progress report: one line per batch of episodes."""
+  print(f'  episodes {done}/{total}', flush=True)
+
+
+def episode_n_way(episodes: EpisodesLike) -> int:
+  """Number of classes per episode, read from the support labels."""
+  return int(np.max(episodes.support_labels)) + 1
+
+
+def run_episode_batches(batch_fn: EpisodeBatchFn, episodes: EpisodesLike, batch_size: int,
+                        progress: Progress | None = None) -> np.ndarray:
+  """Applies `batch_fn` to consecutive batches of episodes; returns accuracies `[E]`.
+
+  The last batch is padded with repeats of its first episode (results dropped),
+  so every call has the same shapes and `batch_fn` compiles once.
+  """
+  arrays = [np.asarray(a, np.int32) for a in (episodes.support_idx, episodes.query_idx,
+                                                episodes.support_labels, episodes.query_labels)]
+  total = arrays[0].shape[0]
+  if total == 0:
+    raise ValueError('No episodes to evaluate: num_episodes must be at least 1.')
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size} must be at least 1.')
+  batch_size = min(batch_size, total)
+  accuracies = []
+  for start in range(0, total, batch_size):
+    ids = np.arange(start, min(start + batch_size, total), dtype=np.int32)
+    padded = np.concatenate([ids, np.full(batch_size - len(ids), ids[0], np.int32)])
+    acc = batch_fn(*(a[padded] for a in arrays), padded)
+    accuracies.append(np.asarray(acc)[:len(ids)])
+    if progress is not None:
+      progress(start + len(ids), total)
+  return np.concatenate(accuracies)
+
+
+def _check_indices(episodes: EpisodesLike, num_items: int, n_way: int) -> None:
+  for name in ('support_idx', 'query_idx'):
+    idx = np.asarray(getattr(episodes, name))
+    if idx.size and (idx.min() < 0 or idx.max() >= num_items):
+      raise ValueError(f'episodes.{name} holds indices in [{idx.min()}, {idx.max()}] but the '
+                       f'features have {num_items} rows: build the episodes from the same dataset.')
+  for name in ('support_labels', 'query_labels'):
+    labels = np.asarray(getattr(episodes, name))
+    if labels.min() < 0 or labels.max() >= n_way:
+      raise ValueError(f'episodes.{name} must lie in 0..{n_way - 1} (n_way={n_way}), '
+                       f'got [{labels.min()}, {labels.max()}].')
+
+
+def episode_accuracies(features: jax.Array, episodes: EpisodesLike, *,
+                       maps: jax.Array | None = None, scoring: str = 'pooled',
+                       n_way: int | None = None, batch_size: int = 500,
+                       progress: Progress | None = None) -> np.ndarray:
+  """Query accuracy of every episode with imprinted-prototype classification.
+
+  Args:
+    features: pooled features `[N, C]` of the whole dataset.
+    episodes: index/label arrays (see `EpisodesLike`).
+    maps: feature maps `[N, h, w, C]`, needed only for `scoring='dense'`.
+    scoring: 'pooled' (the paper's rule: cosine of pooled query to prototypes) or
+      'dense' (cosine of every query position, averaged). Prototypes always come
+      from pooled support features.
+    n_way: classes per episode; read from the labels when None.
+    batch_size: episodes per jitted call.
+    progress: called with (episodes done, total) after each batch.
+
+  Returns:
+    float32 accuracies `[E]`, fractions in [0, 1].
+  """
+  if scoring not in SCORINGS:
+    raise ValueError(f'scoring={scoring!r} is not one of {list(SCORINGS)}.')
+  if scoring == 'dense' and maps is None:
+    raise ValueError("scoring='dense' needs the feature maps: pass maps=[N, h, w, C].")
+  n_way = episode_n_way(episodes) if n_way is None else n_way
+  _check_indices(episodes, features.shape[0], n_way)
+  features = jnp.asarray(features)
+  maps = jnp.asarray(maps) if scoring == 'dense' else None
+  # The dataset arrays are arguments, not closed-over constants, so XLA never embeds them.
+  batch = jax.jit(jax.vmap(functools.partial(_episode_accuracy, n_way=n_way, scoring=scoring),
+                           in_axes=(None, None, 0, 0, 0, 0)))
+  return run_episode_batches(lambda s, q, sl, ql, _: batch(features, maps, s, q, sl, ql),
+                             episodes, batch_size, progress)
+
+
+def _episode_accuracy(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):
+  prototypes = imprint_prototypes(features[s_idx], s_lab, n_way)
+  if scoring == 'dense':
+    scores = dense_scores(maps[q_idx], prototypes)
+  else:
+    scores = classify_by_prototypes(features[q_idx], prototypes)
+  return jnp.mean(jnp.argmax(scores, axis=-1) == q_lab)
+
+
+def summarize(accuracies: np.ndarray) -> dict:
+  """`{"accuracy", "ci95", "episodes"}` as written to results.json (fractions)."""
+  mean, ci95 = mean_ci95(accuracies)
+  return {'accuracy': float(mean), 'ci95': float(ci95), 'episodes': int(len(accuracies))}
+
+
+def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], images: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+  """`embed_fn` over `images` in fixed-size batches (last one padded); concatenated output.
+
+  `embed_fn` maps a batch `[b, ...]` to an array `[b, ...]` (e.g. pooled features).
+  """
+  n = len(images)
+  if n == 0:
+    raise ValueError('embed_in_batches: no images to embed.')
+  batch_size = min(batch_size, n)
+  out = []
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
+    out.append(np.asarray(embed_fn(chunk))[:batch_size - pad])
+  return np.concatenate(out)
+
+
+def lake_oneshot_error(embed_fn: Callable[[np.ndarray], jax.Array],
+                       runs: Sequence[LakeRunLike]) -> dict:
+  """Lake et al.'s 20-way one-shot protocol: `{"error": wrong/items, "items": items}`.
+
+  In each run every test image goes to the most cosine-similar of the 20 training
+  images (one per class; a 1-shot prototype is the feature's direction), and is
+  wrong when that is not `test_targets`. `embed_fn` maps images `[b, H, W, C]`
+  to pooled features `[b, C]`.
+  """
+  if not runs:
+    raise ValueError("lake_oneshot_error: no runs given; load them with "
+                     "groundwork.data.load_lake_runs(data_dir).")
+  wrong, items = 0, 0
+  for run in runs:
+    n_train = len(run.train_images)
+    train = jnp.asarray(embed_fn(np.asarray(run.train_images)))
+    test = jnp.asarray(embed_fn(np.asarray(run.test_images)))
+    prototypes = imprint_prototypes(train, jnp.arange(n_train), n_train)
+    predicted = np.asarray(jnp.argmax(classify_by_prototypes(test, prototypes), axis=-1))
+    wrong += int(np.sum(predicted != np.asarray(run.test_targets)))
+    items += len(run.test_targets)
+  return {'error': wrong / items, 'items': items}

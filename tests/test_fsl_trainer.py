@@ -1,0 +1,134 @@
+"""The few-shot trainer: smoke run end to end, one compile, 1 vs 4 devices, bad input."""
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsl import train as fsl_train
+from groundwork import training
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OMNIGLOT_DIR = os.environ.get('OMNIGLOT_DIR', str(ROOT.parent / 'shared' / 'data' / 'omniglot'))
+needs_omniglot = pytest.mark.skipif(
+    not os.path.exists(os.path.join(OMNIGLOT_DIR, 'images_background_small1.zip')),
+    reason=f'Omniglot zips not found in {OMNIGLOT_DIR} (set OMNIGLOT_DIR)')
+
+
+def _config(arg='smoke', **overrides):
+  sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
+  import dense_classification  # pylint: disable=import-outside-toplevel
+  config = dense_classification.get_config(arg)
+  config.data_dir = OMNIGLOT_DIR
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+def _tiny_state(config, num_classes=5, image_shape=(28, 28, 1)):
+  model = fsl_train.build_model(config, num_classes)
+  tx, _ = training.make_optimizer(config.optim, 10)
+  return fsl_train.create_state(config, model, image_shape, tx)
+
+
+def _batch(n=8, classes=5):
+  images = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (n, 28, 28, 1), 0, 256),
+                      np.uint8)
+  return images, np.arange(n, dtype=np.int32) % classes
+
+
+def test_train_step_compiles_once():
+  config = _config()
+  traces = []
+
+  def counted(*args, **kw):
+    traces.append(1)
+    return fsl_train.train_step(*args, **kw)
+
+  step = jax.jit(functools.partial(counted, head='dc',
+                                   augment_spec=fsl_train.train_augmentation(config)))
+  state = _tiny_state(config)
+  images, labels = _batch()
+  losses = []
+  for i in range(3):
+    state, metrics = step(state, images, labels, training.step_rng(0, i))
+    losses.append(float(metrics['loss']))
+  assert len(traces) == 1
+  assert all(np.isfinite(losses))
+
+
+def test_gap_and_dc_heads_give_pooled_and_dense_logits():
+  for head, rank in (('gap', 2), ('dc', 4)):
+    config = _config(head=head)
+    state = _tiny_state(config)
+    logits, out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
+                                 jnp.zeros((2, 28, 28, 1)), train=False)
+    assert logits.ndim == rank and logits.shape[-1] == 5
+    assert out['feature_map'].shape[1:3] == (7, 7)  # Conv-4 with two pooled blocks.
+
+
+FOUR_DEVICES = r'''
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import functools, jax, numpy as np
+sys.path.insert(0, sys.argv[1])
+from tests.test_fsl_trainer import _config, _tiny_state, _batch
+from fsl import train as fsl_train
+from groundwork import training
+config = _config()
+state = _tiny_state(config)
+images, labels = _batch(8)
+step = jax.jit(functools.partial(fsl_train.train_step, head="dc",
+                                 augment_spec=fsl_train.train_augmentation(config)))
+losses = []
+for devices in (1, 4):
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), ("data",))
+  batch = training.shard_batch((images, labels), mesh)
+  _, metrics = step(training.replicate(state, mesh), *batch, training.step_rng(0, 0))
+  losses.append(float(metrics["loss"]))
+print(len(jax.devices()), losses[0], losses[1])
+'''
+
+
+def test_one_and_four_devices_give_the_same_loss():
+  out = subprocess.run([sys.executable, '-c', FOUR_DEVICES, str(ROOT)], capture_output=True,
+                       text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr[-3000:]
+  count, one, four = out.stdout.split()[-3:]
+  assert int(count) == 4
+  np.testing.assert_allclose(float(one), float(four), rtol=1e-5)
+
+
+def test_bad_config_stops_before_compile():
+  with pytest.raises(ValueError, match="config.head='fc' is not one of"):
+    fsl_train.check_config(_config(head='fc'))
+  with pytest.raises(ValueError, match='config.eval.n_way=0 must be at least 1'):
+    fsl_train.check_config(_config(**{'eval.n_way': 0}))
+  with pytest.raises(ValueError, match="config.dataset='mnist' is not one of"):
+    fsl_train.check_config(_config(dataset='mnist'))
+
+
+def test_evaluating_a_workdir_without_checkpoint_says_so(tmp_path):
+  if not os.path.exists(os.path.join(OMNIGLOT_DIR, 'images_background_small1.zip')):
+    pytest.skip('needs Omniglot')
+  with pytest.raises(FileNotFoundError, match='no checkpoint in .*train first'):
+    fsl_train.evaluate(_config(), str(tmp_path))
+
+
+@needs_omniglot
+@pytest.mark.parametrize('head', ['dc', 'gap'])
+def test_smoke_run_writes_results_json(tmp_path, head):
+  results = fsl_train.train_and_evaluate(_config(head=head), str(tmp_path))
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written == json.loads(json.dumps(results))
+  assert set(written['fewshot']) == {'5way_1shot', '5way_5shot'}
+  for entry in written['fewshot'].values():
+    assert 0.0 <= entry['accuracy'] <= 1.0 and entry['ci95'] > 0 and entry['episodes'] == 20
+  assert written['lake_oneshot']['items'] == 400
+  assert 0.0 <= written['lake_oneshot']['error'] <= 1.0
+  assert (tmp_path / 'config.json').exists()

@@ -1,0 +1,135 @@
+"""Implanting: original features untouched, frozen variables bit-identical, vmap equals loop."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from fsl.implanting import (
+    ImplantConfig, implant_episode, implant_episode_accuracies, implanted_encoder,
+    init_implants, merge_implants, split_implants, train_implants, wide_control_encoder)
+from groundwork.encoders import Conv4, ResNet12, ResNet18Tiny
+
+CONFIG = ImplantConfig(steps=2, learning_rate=1e-2, scale=10.0)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _fast_compile():
+  """Compilation dominates these tiny tests; XLA's optimisations do not pay off here."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def _trained_like(base, x):
+  """Base variables whose BN statistics are not the init's (one train-mode pass)."""
+  variables = base.init(jax.random.PRNGKey(1), x, train=False)
+  _, updated = base.apply(variables, x, train=True, mutable=['batch_stats'])
+  return {'params': variables['params'], 'batch_stats': updated['batch_stats']}
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree)
+
+
+@pytest.mark.parametrize('base,layers,size,channels', [
+    (ResNet12(widths=(4, 4, 4, 4)), ('conv1', 'conv2'), 32, 4),
+    (Conv4(width=8), ('conv',), 16, 8),
+])
+def test_original_channels_equal_the_base_encoder(base, layers, size, channels):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 3))
+  frozen = _trained_like(base, x)
+  model = implanted_encoder(base, layers, width=2)
+  base_map, _ = base.apply(frozen, x, train=False)
+  maps = [model.apply(merge_implants(frozen, init_implants(model, jax.random.PRNGKey(s), x)), x, False)[0]
+          for s in (2, 3)]
+  for fmap in maps:
+    assert fmap.shape == base_map.shape[:-1] + (channels + 2,)
+    np.testing.assert_array_equal(fmap[..., :channels], base_map)
+  assert not np.allclose(maps[0][..., channels:], maps[1][..., channels:])
+
+
+def test_implant_sees_previous_implant_channels():
+  model = implanted_encoder(ResNet12(widths=(4, 4, 4, 4)), ('conv0', 'conv1', 'conv2'), width=2)
+  params = init_implants(model, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']['block3']
+  # conv0's implant sees the block input (4 original channels); later ones see 4 + 2.
+  assert params['implant_conv0']['kernel'].shape == (3, 3, 4, 2)
+  assert params['implant_conv1']['kernel'].shape == (3, 3, 6, 2)
+  assert params['implant_conv2']['kernel'].shape == (3, 3, 6, 2)
+
+
+def test_training_changes_only_implants():
+  base = ResNet12(widths=(4, 4, 4, 4))
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  labels = jnp.array([0, 1, 0, 1])
+  frozen = _trained_like(base, x)
+  model = implanted_encoder(base, ('conv0', 'conv1', 'conv2'), width=2)
+  key = jax.random.PRNGKey(5)
+  variables, losses = jax.jit(
+      lambda k: train_implants(model, frozen, x, labels, k, CONFIG, n_way=2))(key)
+  original, implants = split_implants(variables)
+  assert _flat(original).keys() == _flat(frozen).keys()
+  for path, value in _flat(frozen).items():
+    assert np.array_equal(_flat(original)[path], value), path  # bit-identical
+  start = _flat(init_implants(model, jax.random.split(key)[0], x[:1])['params'])
+  trained = _flat(implants['params'])
+  assert all(not np.array_equal(trained[p], start[p]) for p in start if p[-1] == 'kernel')
+  assert losses.shape == (2,) and np.all(np.isfinite(losses))
+
+
+def test_vmap_over_episodes_equals_loop():
+  base = Conv4(width=8)
+  images = jax.random.normal(jax.random.PRNGKey(0), (12, 16, 16, 1))
+  frozen = _trained_like(base, images)
+  model = implanted_encoder(base, ('conv',), width=2)
+  support_idx = np.array([[0, 1, 2, 3], [4, 5, 6, 7]], np.int32)
+  query_idx = np.array([[8, 9, 10, 11], [11, 10, 9, 8]], np.int32)
+  s_lab = np.array([[0, 0, 1, 1], [0, 1, 0, 1]], np.int32)
+  q_lab = np.array([[0, 1, 0, 1], [1, 1, 0, 0]], np.int32)
+  key = jax.random.PRNGKey(7)
+
+  def episode(s, sl, q, k):
+    return implant_episode(model, frozen, images[s], sl, images[q], k, CONFIG, n_way=2)
+
+  keys = jnp.stack([jax.random.fold_in(key, e) for e in range(2)])
+  batched = jax.jit(jax.vmap(episode))(support_idx, s_lab, query_idx, keys)
+  single = jax.jit(episode)
+  looped = np.stack([single(support_idx[e], s_lab[e], query_idx[e], keys[e]) for e in range(2)])
+  np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-6)
+
+  episodes = type('Episodes', (), dict(support_idx=support_idx, query_idx=query_idx,
+                                        support_labels=s_lab, query_labels=q_lab))
+  accuracies = implant_episode_accuracies(model, frozen, images, episodes, key, CONFIG, batch_size=2)
+  np.testing.assert_allclose(accuracies, (looped.argmax(-1) == q_lab).mean(-1))
+
+
+def test_bad_implant_settings_name_allowed_values():
+  with pytest.raises(ValueError, match=r"'conv3'.*\['conv0', 'conv1', 'conv2'\]"):
+    implanted_encoder(ResNet12(widths=(4, 4, 4, 4)), ('conv3',), width=2)
+  with pytest.raises(ValueError, match='must be the last layers'):
+    implanted_encoder(ResNet12(widths=(4, 4, 4, 4)), ('conv0', 'conv1'), width=2)
+  with pytest.raises(ValueError, match=r"'conv2'.*\['conv'\]"):
+    implanted_encoder(Conv4(width=8), ('conv2',), width=2)
+  with pytest.raises(ValueError, match='at least 1'):
+    implanted_encoder(Conv4(width=8), ('conv',), width=0)
+  with pytest.raises(ValueError, match='ResNet18'):
+    implanted_encoder(ResNet18Tiny(), ('conv',), width=2)
+  with pytest.raises(ValueError, match="'adam', 'sgd'"):
+    ImplantConfig(optimizer='rmsprop')
+
+
+def test_wide_control_trains_every_layer_and_matches_implant_size():
+  base = Conv4(width=8)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 1))
+  control = wide_control_encoder(base, ('conv',), width=2)
+  variables = control.init(jax.random.PRNGKey(1), x, train=False)
+  (fmap, pooled), updated = control.apply(variables, x, True, mutable=['batch_stats'])
+  assert fmap.shape == (4, 1, 1, 10) and pooled.shape == (4, 10)
+  # Unlike implanting, train mode moves the original BatchNorm statistics too.
+  changed = [p for p, v in _flat(updated['batch_stats']).items()
+             if not np.array_equal(v, _flat(variables['batch_stats'])[p])]
+  assert ('block0', 'bn', 'mean') in changed and ('block3', 'implant_bn', 'mean') in changed
+  # Same parameters as Conv-4 plus the implants: 3*3*8*2 + 2 (conv) + 2*2 (BN).
+  count = lambda tree: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
+  assert count(variables['params']) == count(base.init(jax.random.PRNGKey(1), x, train=False)['params']) + 150
