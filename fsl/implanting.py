@@ -105,6 +105,7 @@ class ImplantedConv4Block(nn.Module):
   activation: str = 'relu'
   base_trainable: bool = False
   dtype: Any = jnp.float32
+  pool: bool = True
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
@@ -117,7 +118,8 @@ class ImplantedConv4Block(nn.Module):
     original = act(batch_norm(train and self.base_trainable, self.dtype, 'bn')(conv(self.width, 'conv')(x)))
     z = conv(self.implant_width, f'{IMPLANT_PREFIX}conv')(x)
     implant = act(_implant_bn(train, self.base_trainable, self.dtype, f'{IMPLANT_PREFIX}bn')(z))
-    return max_pool2(jnp.concatenate([original, implant], axis=-1))
+    out = jnp.concatenate([original, implant], axis=-1)
+    return max_pool2(out) if self.pool else out
 
 
 class ImplantedEncoder(nn.Module):
@@ -142,6 +144,7 @@ class ImplantedEncoder(nn.Module):
   dropblock_size: int = 5
   base_trainable: bool = False
   dtype: Any = jnp.float32
+  pool_blocks: int = 4  # Conv-4 only: blocks that end in a max-pool.
 
   def setup(self):
     check_implant_layers(self.arch, self.implant_layers, self.implant_width)
@@ -156,9 +159,11 @@ class ImplantedEncoder(nn.Module):
           self.drop_rate, self.dropblock_size, self.base_trainable, self.dtype)
     else:
       self.block0, self.block1, self.block2 = (
-          Conv4Block(self.widths[i], self.activation, dtype=self.dtype) for i in range(3))
+          Conv4Block(self.widths[i], self.activation, dtype=self.dtype, pool=i < self.pool_blocks)
+          for i in range(3))
       self.block3 = ImplantedConv4Block(self.widths[3], self.implant_layers, self.implant_width,
-                                        self.activation, self.base_trainable, self.dtype)
+                                        self.activation, self.base_trainable, self.dtype,
+                                        pool=self.pool_blocks > 3)
 
   def prefix(self, x: Array, train: bool = False) -> Array:
     """Output of block0..block2 (original channels only)."""
@@ -198,7 +203,7 @@ def _base_fields(base: nn.Module) -> dict:
                 dropblock_size=base.dropblock_size, dtype=base.dtype)
   if isinstance(base, Conv4):
     return dict(arch='conv4', widths=(base.width,) * 4, activation=base.activation,
-                dtype=base.dtype)
+                dtype=base.dtype, pool_blocks=base.pool_blocks)
   raise ValueError(f'Implanting supports encoders {sorted(IMPLANTABLE_LAYERS)}; '
                    f'got {type(base).__name__}.')
 

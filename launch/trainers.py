@@ -6,7 +6,8 @@ config names in `config.trainer`.
 """
 import importlib
 
-TRAINERS = {'fsl': 'fsl.train', 'ssl': 'semisup.train'}
+TRAINERS = {'fsl': 'fsl.train', 'fsl_implanting': 'fsl.train_implanting',
+            'ssl': 'semisup.train'}
 
 
 def trainer_module(config):
