@@ -1,0 +1,118 @@
+r"""Semi-supervised learning: supervised baseline, Mean Teacher, DLP and MT+DLP.
+
+Iscen et al., "Label Propagation for Deep Semi-supervised Learning", CVPR 2019;
+Tarvainen & Valpola, "Mean teachers are better role models", NIPS 2017.
+
+Fashion-MNIST, 1,000 balanced labels drawn with seed 0 (CPU, minutes per method):
+
+  python launch/train.py \
+    --config=configs/ssl/semi_supervised.py:dataset=fashion_mnist,labels=1000,method=dlp \
+    --workdir=workdirs/fmnist_dlp
+
+  with method in supervised, mt, dlp, mt_dlp. Test errors: README.md
+  ("Semi-supervised results on Fashion-MNIST").
+
+CIFAR-10, 4,000 labels, CNN-13 (GPU; the paper: DLP 12.69% error, MT+DLP 10.61%):
+
+  python launch/train.py \
+    --config=configs/ssl/semi_supervised.py:dataset=cifar10,labels=4000,method=mt_dlp \
+    --config.data_dir=/path/to/cifar10 --workdir=workdirs/cifar10_mt_dlp
+
+CIFAR-100, 10,000 labels (the paper: MT+DLP 35.92% error); miniImageNet SSL split
+(100 classes, 500 train / 100 test images each, ResNet-18, 4,000 or 10,000 labels).
+These were not run here (no GPU, no copy of the data on this project's machines).
+
+Args: dataset (fashion_mnist, digits, cifar10, cifar100, miniimagenet), labels,
+method (supervised, mt, dlp, mt_dlp), smoke.
+"""
+import dataclasses
+
+import ml_collections
+
+from groundwork.data import augment_spec_for
+from groundwork.training import parse_args
+
+DATASET_DEFAULTS = {
+    # data_dir, encoder, encoder fields, batch, labelled per batch, stage-1 and stage-2 epochs, lr.
+    'fashion_mnist': dict(data_dir='/usr/share/datasets/fashion-mnist', encoder='conv4',
+                          encoder_kwargs=dict(width=64), batch_size=100, labeled_batch_size=50,
+                          stage1_epochs=60, stage2_epochs=6, lr=0.05, ema_decay=0.97,
+                          train_subset=0),
+    'digits': dict(data_dir='', encoder='conv4', encoder_kwargs=dict(width=32, pool_blocks=2),
+                   batch_size=50, labeled_batch_size=25, stage1_epochs=100, stage2_epochs=20,
+                   lr=0.05, ema_decay=0.97, train_subset=0),
+    'cifar10': dict(data_dir='data/cifar10', encoder='cnn13', encoder_kwargs={},
+                    batch_size=100, labeled_batch_size=50, stage1_epochs=180, stage2_epochs=180,
+                    lr=0.05, ema_decay=0.97, train_subset=0),
+    'cifar100': dict(data_dir='data/cifar100', encoder='cnn13', encoder_kwargs={},
+                     batch_size=128, labeled_batch_size=31, stage1_epochs=180,
+                     stage2_epochs=180, lr=0.2, ema_decay=0.99, train_subset=0),
+    'miniimagenet': dict(data_dir='data/miniimagenet', encoder='resnet18',
+                         encoder_kwargs=dict(cifar_stem=False), batch_size=128,
+                         labeled_batch_size=31, stage1_epochs=180, stage2_epochs=180, lr=0.2,
+                         ema_decay=0.99, train_subset=0),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_args(arg, dict(dataset='fashion_mnist', labels=1000, method='dlp', smoke=False),
+                    choices={'dataset': tuple(DATASET_DEFAULTS),
+                             'method': ('supervised', 'mt', 'dlp', 'mt_dlp')})
+  d = DATASET_DEFAULTS[args['dataset']]
+  smoke = args['smoke']
+  c = ml_collections.ConfigDict()
+  c.trainer = 'ssl'
+  c.seed = 0
+  c.dataset = args['dataset']
+  c.data_dir = d['data_dir']
+  c.labels = 100 if smoke else args['labels']  # Smoke: 100 labels of 600 images.
+  c.label_file = ''  # A published <N>_balanced_labels/<split>.txt instead of a seeded draw.
+  c.train_subset = 600 if smoke else d['train_subset']  # 0 = all training images.
+  c.test_fraction = 0.2  # digits only: the seeded test split.
+  c.method = args['method']
+
+  c.encoder = d['encoder']
+  c.encoder_kwargs = dict(width=8, pool_blocks=2) if smoke else d['encoder_kwargs']
+  if smoke:
+    c.encoder = 'conv4'
+  c.weight_norm_heads = c.encoder == 'cnn13'  # The reference's conv-large heads.
+
+  c.batch_size = 20 if smoke else d['batch_size']
+  c.labeled_batch_size = 10 if smoke else d['labeled_batch_size']
+  c.stage1_epochs = 1 if smoke else d['stage1_epochs']
+  c.stage2_epochs = 2 if smoke else d['stage2_epochs']
+
+  # SGD Nesterov, weight decay 2e-4 on all parameters; the learning rate is set each
+  # iteration by the Mean Teacher cosine, which would reach 0 after rampdown_ratio times
+  # the stage's epochs (210 for 180 epochs in the reference: it stops above 0).
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = d['lr']
+  c.optim.initial_lr = 0.0
+  c.optim.rampup_epochs = 0
+  c.optim.momentum = 0.9
+  c.optim.nesterov = True
+  c.optim.weight_decay = 2e-4
+  c.optim.schedule = 'constant'  # Overridden by the trainer's Mean Teacher schedule.
+  c.optim.rampdown_ratio = 210 / 180
+
+  c.mt = ml_collections.ConfigDict()
+  c.mt.ema_decay = d['ema_decay']
+  c.mt.consistency = 100.0
+  c.mt.consistency_rampup = 5
+  c.mt.logit_distance_cost = 0.01
+
+  c.lp = ml_collections.ConfigDict()
+  c.lp.k = 10 if smoke else 50
+  c.lp.gamma = 3.0
+  c.lp.alpha = 0.99
+  c.lp.cg_iterations = 20
+  c.lp.clip_negative = True  # The paper's affinities; the reference code does not clip.
+  c.lp.knn_backend = 'auto'  # faiss on CPU, exact JAX search on GPU/TPU.
+
+  spec = dataclasses.asdict(augment_spec_for(args['dataset'], train=True))
+  c.augment = {k: v for k, v in spec.items() if k not in ('mean', 'std')}
+  c.eval_batch_size = 500
+  c.eval_every_epochs = 1 if smoke else 5
+  c.log_every_steps = 5 if smoke else 100
+  c.checkpoint = ml_collections.ConfigDict(dict(every_epochs=1, keep=2))
+  return c
