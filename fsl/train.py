@@ -211,36 +211,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logger = training.MetricLogger(workdir, total_steps)
   images, labels = data.base.images, data.base.labels
   start_epoch = int(state.step) // steps_per_epoch
-  for epoch in range(start_epoch, config.optim.epochs):
-    # The epoch's order is a function of (seed, epoch): a resumed run replays it.
-    order = np.asarray(jax.random.permutation(training.step_rng(config.seed, epoch, stream=1),
-                                              num_images))
-    first = int(state.step) - epoch * steps_per_epoch
-    for i in range(first, steps_per_epoch):
-      step = epoch * steps_per_epoch + i
-      idx = order[i * config.batch_size:(i + 1) * config.batch_size]
-      batch = training.shard_batch((images[idx], labels[idx]), mesh)
-      state, metrics = step_fn(state, *batch, training.step_rng(config.seed, step))
-      if (step + 1) % config.log_every_steps == 0 or step + 1 == total_steps:
-        loss = float(metrics['loss'])
-        training.check_finite(loss, step + 1, checkpoints.directory)
-        logger.log(step + 1, {'loss': loss, 'accuracy': float(metrics['accuracy']),
-                              'lr': float(schedule(step))})
+  with training.StopRequest() as stop:
+    for epoch in range(start_epoch, config.optim.epochs):
+      # The epoch's order is a function of (seed, epoch): a resumed run replays it.
+      order = np.asarray(jax.random.permutation(training.step_rng(config.seed, epoch, stream=1),
+                                                num_images))
+      first = int(state.step) - epoch * steps_per_epoch
+      for i in range(first, steps_per_epoch):
+        step = epoch * steps_per_epoch + i
+        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+        batch = training.shard_batch((images[idx], labels[idx]), mesh)
+        state, metrics = step_fn(state, *batch, training.step_rng(config.seed, step))
+        if (step + 1) % config.log_every_steps == 0 or step + 1 == total_steps:
+          loss = float(metrics['loss'])
+          training.check_finite(loss, step + 1, checkpoints.directory)
+          logger.log(step + 1, {'loss': loss, 'accuracy': float(metrics['accuracy']),
+                                'lr': float(schedule(step))})
+        if stop.requested:
+          checkpoints.save(step + 1, state, {'best_val': best_val})
+          stop.stop(step + 1, checkpoints.directory)
 
-    last_epoch = epoch + 1 == config.optim.epochs
-    if data.val is not None and ((epoch + 1) % config.validation.every_epochs == 0 or last_epoch):
-      # The paper keeps the checkpoint with the best 5-way accuracy on validation classes.
-      val = evaluate_episodes(state, config, data.val, (config.validation.shot,),
-                              config.validation.episodes, config.validation.seed)
-      val_acc = next(iter(val.values()))['accuracy']
-      logger.log(int(state.step), {'val_accuracy': val_acc})
-      if val_acc > float(best_val):
-        best_val = np.asarray(val_acc)
-        kept.save(int(state.step), state)
-    elif data.val is None and last_epoch:
-      kept.save(int(state.step), state)  # No validation classes: keep the last.
-    if (epoch + 1) % config.checkpoint.every_epochs == 0 or last_epoch:
-      checkpoints.save(int(state.step), state, {'best_val': best_val})
+      last_epoch = epoch + 1 == config.optim.epochs
+      if data.val is not None and ((epoch + 1) % config.validation.every_epochs == 0 or last_epoch):
+        # The paper keeps the checkpoint with the best 5-way accuracy on validation classes.
+        val = evaluate_episodes(state, config, data.val, (config.validation.shot,),
+                                config.validation.episodes, config.validation.seed)
+        val_acc = next(iter(val.values()))['accuracy']
+        logger.log(int(state.step), {'val_accuracy': val_acc})
+        if val_acc > float(best_val):
+          best_val = np.asarray(val_acc)
+          kept.save(int(state.step), state)
+      elif data.val is None and last_epoch:
+        kept.save(int(state.step), state)  # No validation classes: keep the last.
+      if (epoch + 1) % config.checkpoint.every_epochs == 0 or last_epoch:
+        checkpoints.save(int(state.step), state, {'best_val': best_val})
   logger.flush()
   restored = kept.restore(state)
   return evaluate(config, workdir, state=restored[0] if restored else state)

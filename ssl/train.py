@@ -258,68 +258,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logger = None
   results: dict = {}
 
-  for stage_index in range(int(extra['stage']), len(stages)):
-    stage = stages[stage_index]
-    mean_teacher = stage in MEAN_TEACHER_STAGES
-    steps_per_epoch = len(stage_batches(stage, config, 0, labeled_idx, unlabeled_idx))
-    schedule = mean_teacher_schedule(config.optim, steps_per_epoch, epochs[stage])
-    tx, _ = training.make_optimizer(config.optim, steps_per_epoch, schedule=schedule)
-    if int(extra['stage']) != stage_index:  # Entering a new stage: restart the schedule.
-      extra = {**extra, 'stage': np.asarray(stage_index), 'stage_start': np.asarray(state.step)}
-    stage_start = int(extra['stage_start'])
-    # A fresh optimiser per stage, as the reference's stage 2 (its state is
-    # restored below when resuming mid-stage, since the tree is the same).
-    if int(state.step) == stage_start:
-      state = state.replace(tx=tx, opt_state=tx.init(state.params))
-    else:
-      state = state.replace(tx=tx)
-    state = training.replicate(state, mesh)
-    step_fn = jax.jit(functools.partial(
-        train_step, augment_spec=spec, mean_teacher=mean_teacher,
-        logit_distance_cost=config.mt.logit_distance_cost, ema_decay=config.mt.ema_decay),
-        donate_argnums=(0,))
-    total = steps_per_epoch * epochs[stage]
-    logger = training.MetricLogger(workdir, total, prefix=stage)
-    first_epoch = (int(state.step) - stage_start) // steps_per_epoch
-    for epoch in range(first_epoch, epochs[stage]):
-      if stage in PROPAGATION_STAGES and int(state.step) == stage_start + epoch * steps_per_epoch:
-        pseudo, weights, class_weights = propagate(state, config, student, train, labeled_idx)
-        extra = {**extra, 'pseudo_labels': pseudo, 'weights': weights,
-                 'class_weights': class_weights}
-        accuracy = float(np.mean(pseudo[unlabeled_idx] == train.labels[unlabeled_idx]))
-        logger.log(int(state.step) - stage_start, {'pseudo_label_accuracy': accuracy})
-        results['pseudo_label_accuracy'] = accuracy
-      if stage in PROPAGATION_STAGES:
-        labels, weights = np.asarray(extra['pseudo_labels']), np.asarray(extra['weights'])
-        class_weights = np.asarray(extra['class_weights'])
+  with training.StopRequest() as stop:
+    for stage_index in range(int(extra['stage']), len(stages)):
+      stage = stages[stage_index]
+      mean_teacher = stage in MEAN_TEACHER_STAGES
+      steps_per_epoch = len(stage_batches(stage, config, 0, labeled_idx, unlabeled_idx))
+      schedule = mean_teacher_schedule(config.optim, steps_per_epoch, epochs[stage])
+      tx, _ = training.make_optimizer(config.optim, steps_per_epoch, schedule=schedule)
+      if int(extra['stage']) != stage_index:  # Entering a new stage: restart the schedule.
+        extra = {**extra, 'stage': np.asarray(stage_index), 'stage_start': np.asarray(state.step)}
+      stage_start = int(extra['stage_start'])
+      # A fresh optimiser per stage, as the reference's stage 2 (its state is
+      # restored below when resuming mid-stage, since the tree is the same).
+      if int(state.step) == stage_start:
+        state = state.replace(tx=tx, opt_state=tx.init(state.params))
       else:
-        labels = np.full(n, -1, np.int32)
-        labels[labeled_idx] = train.labels[labeled_idx]
-        weights, class_weights = np.ones(n, np.float32), np.ones(train.num_classes, np.float32)
-      cons_weight = consistency_weight(epoch, config.mt.consistency, config.mt.consistency_rampup)
-      batches = stage_batches(stage, config, stage_index * 100_000 + epoch, labeled_idx,
-                              unlabeled_idx)
-      for i in range((int(state.step) - stage_start) % steps_per_epoch, steps_per_epoch):
-        idx = batches[i]
-        step = int(state.step)
-        batch = training.shard_batch(
-            (train.images[idx], labels[idx], weights[idx]), mesh)
-        state, metrics = step_fn(state, *batch, class_weights, cons_weight,
-                                 training.step_rng(config.seed, step))
-        local = step + 1 - stage_start
-        if local % config.log_every_steps == 0 or local == total:
-          scalars = {k: float(v) for k, v in metrics.items()}
-          training.check_finite(scalars['loss'], step + 1, checkpoints.directory)
-          logger.log(local, {**scalars, 'lr': float(schedule(local - 1)),
-                             'consistency_weight': float(cons_weight)})
-      if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == epochs[stage]:
-        scalars = {'test_error': test_error(state, student, test, config.eval_batch_size)}
-        if mean_teacher:
-          scalars['test_error_teacher'] = test_error(state, teacher, test, config.eval_batch_size)
-        logger.log(int(state.step) - stage_start, scalars)
-      if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == epochs[stage]:
-        checkpoints.save(int(state.step), state, extra)
-    logger.flush()
+        state = state.replace(tx=tx)
+      state = training.replicate(state, mesh)
+      step_fn = jax.jit(functools.partial(
+          train_step, augment_spec=spec, mean_teacher=mean_teacher,
+          logit_distance_cost=config.mt.logit_distance_cost, ema_decay=config.mt.ema_decay),
+          donate_argnums=(0,))
+      total = steps_per_epoch * epochs[stage]
+      logger = training.MetricLogger(workdir, total, prefix=stage)
+      first_epoch = (int(state.step) - stage_start) // steps_per_epoch
+      for epoch in range(first_epoch, epochs[stage]):
+        if stage in PROPAGATION_STAGES and int(state.step) == stage_start + epoch * steps_per_epoch:
+          pseudo, weights, class_weights = propagate(state, config, student, train, labeled_idx)
+          extra = {**extra, 'pseudo_labels': pseudo, 'weights': weights,
+                   'class_weights': class_weights}
+          accuracy = float(np.mean(pseudo[unlabeled_idx] == train.labels[unlabeled_idx]))
+          logger.log(int(state.step) - stage_start, {'pseudo_label_accuracy': accuracy})
+          results['pseudo_label_accuracy'] = accuracy
+        if stage in PROPAGATION_STAGES:
+          labels, weights = np.asarray(extra['pseudo_labels']), np.asarray(extra['weights'])
+          class_weights = np.asarray(extra['class_weights'])
+        else:
+          labels = np.full(n, -1, np.int32)
+          labels[labeled_idx] = train.labels[labeled_idx]
+          weights, class_weights = np.ones(n, np.float32), np.ones(train.num_classes, np.float32)
+        cons_weight = consistency_weight(epoch, config.mt.consistency, config.mt.consistency_rampup)
+        batches = stage_batches(stage, config, stage_index * 100_000 + epoch, labeled_idx,
+                                unlabeled_idx)
+        for i in range((int(state.step) - stage_start) % steps_per_epoch, steps_per_epoch):
+          idx = batches[i]
+          step = int(state.step)
+          batch = training.shard_batch(
+              (train.images[idx], labels[idx], weights[idx]), mesh)
+          state, metrics = step_fn(state, *batch, class_weights, cons_weight,
+                                   training.step_rng(config.seed, step))
+          local = step + 1 - stage_start
+          if local % config.log_every_steps == 0 or local == total:
+            scalars = {k: float(v) for k, v in metrics.items()}
+            training.check_finite(scalars['loss'], step + 1, checkpoints.directory)
+            logger.log(local, {**scalars, 'lr': float(schedule(local - 1)),
+                               'consistency_weight': float(cons_weight)})
+          if stop.requested:
+            checkpoints.save(step + 1, state, extra)
+            stop.stop(step + 1, checkpoints.directory)
+        if (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == epochs[stage]:
+          scalars = {'test_error': test_error(state, student, test, config.eval_batch_size)}
+          if mean_teacher:
+            scalars['test_error_teacher'] = test_error(state, teacher, test, config.eval_batch_size)
+          logger.log(int(state.step) - stage_start, scalars)
+        if (epoch + 1) % config.checkpoint.every_epochs == 0 or epoch + 1 == epochs[stage]:
+          checkpoints.save(int(state.step), state, extra)
+      logger.flush()
 
   results['test'] = {'error': test_error(state, student, test, config.eval_batch_size)}
   if any(s in MEAN_TEACHER_STAGES for s in stages):

@@ -6,5 +6,6 @@ from groundwork.training.mesh import (batch_sharding, check_batch_size, data_mes
                                       replicated_sharding, shard_batch)
 from groundwork.training.metric_log import MetricLogger, NonFiniteLossError, check_finite
 from groundwork.training.optim import make_optimizer, make_schedule
+from groundwork.training.preemption import Preempted, StopRequest
 from groundwork.training.rng import seed_key, step_rng
 from groundwork.training.state import TrainState

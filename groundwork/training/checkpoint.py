@@ -67,6 +67,10 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, extra: Any = None, force: bool = True) -> None:
+    """Writes step `step`; a step already on disk is kept as it is (a resumed
+    run re-reaching it holds the same state, since every draw follows the seed)."""
+    if int(step) in self._manager.all_steps():
+      return
     item = {'state': state, 'extra': extra if extra is not None else {}}
     self._manager.save(int(step), args=ocp.args.StandardSave(item), force=force)
     self._manager.wait_until_finished()
