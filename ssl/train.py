@@ -28,7 +28,8 @@ from groundwork.data import augment, augment_batch, augment_spec_for, two_stream
 from groundwork.encoders import WeightNormDense, build_encoder
 from semisup import datasets
 from semisup.label_propagation import label_propagation, weighted_cross_entropy
-from semisup.mean_teacher import consistency_weight, ema_update, logit_distance, softmax_mse
+from semisup.mean_teacher import (consistency_weight, ema_update, logit_distance, mean_teacher_lr,
+                                   softmax_mse)
 
 METHODS = {'supervised': ('supervised',), 'mt': ('mt',), 'dlp': ('supervised', 'dlp'),
            'mt_dlp': ('mt', 'mt_dlp')}
@@ -47,9 +48,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.labels={config.labels} must be at least 1.')
   if config.lp.k < 1:
     raise ValueError(f'config.lp.k={config.lp.k} must be at least 1.')
-  for field in ('stage1_epochs', 'stage2_epochs'):
-    if config[field] < 1:
-      raise ValueError(f'config.{field}={config[field]} must be at least 1.')
+  for stage in METHODS[config.method]:
+    if config.epochs[stage] < 1:
+      raise ValueError(f'config.epochs.{stage}={config.epochs[stage]} must be at least 1.')
 
 
 # ----------------------------------------------------------------------------
@@ -85,7 +86,9 @@ def create_state(config, num_classes: int, image_shape) -> SemiSupervisedState:
   tx, _ = training.make_optimizer(config.optim, 1, schedule=mean_teacher_schedule(config.optim, 1, 1))
   params, stats = variables['params'], variables.get('batch_stats', {})
   return SemiSupervisedState.create(apply_fn=model.apply, params=params, batch_stats=stats, tx=tx,
-                                    teacher_params=params, teacher_batch_stats=stats)
+                                    # Own buffers: the step donates student and teacher alike.
+                                    teacher_params=jax.tree.map(jnp.copy, params),
+                                    teacher_batch_stats=jax.tree.map(jnp.copy, stats))
 
 
 # ----------------------------------------------------------------------------
@@ -104,7 +107,7 @@ def train_step(state: SemiSupervisedState, images, labels, sample_weights, class
   variables = lambda p, s: {'params': p, 'batch_stats': s}
   if mean_teacher:
     # The teacher runs in train mode on its own augmentation, keeping its own BN statistics.
-    (teacher_logits, _), teacher_updates = state.apply_fn(
+    ((teacher_logits, _), _), teacher_updates = state.apply_fn(
         variables(state.teacher_params, state.teacher_batch_stats),
         augment_batch(teacher_key, images, augment_spec), train=True, mutable=['batch_stats'],
         rngs={'dropout': teacher_dropout_key})
@@ -174,17 +177,10 @@ def test_error(state, fn, test, batch_size) -> float:
 
 
 def mean_teacher_schedule(optim, steps_per_epoch: int, stage_epochs: int):
-  """Per-iteration learning rate of the Mean Teacher code: a linear ramp-up from
-  `optim.initial_lr` over `optim.rampup_epochs`, times a cosine ramp-down that
-  would reach 0 at `optim.rampdown_ratio * stage_epochs` (past the last epoch)."""
-  rampdown_epochs = optim.rampdown_ratio * stage_epochs
-
-  def schedule(step):
-    epoch = step / steps_per_epoch
-    ramp = jnp.clip(epoch / max(optim.rampup_epochs, 1e-8), 0.0, 1.0) if optim.rampup_epochs else 1.0
-    lr = optim.initial_lr + ramp * (optim.lr - optim.initial_lr)
-    return lr * 0.5 * (jnp.cos(jnp.pi * jnp.clip(epoch / rampdown_epochs, 0.0, 1.0)) + 1)
-  return schedule
+  """The Mean Teacher learning rate per iteration of a stage whose cosine would
+  reach 0 after `optim.rampdown_ratio * stage_epochs` epochs (past its last)."""
+  return lambda step: mean_teacher_lr(step / steps_per_epoch, optim.lr, optim.initial_lr,
+                                      optim.rampup_epochs, optim.rampdown_ratio * stage_epochs)
 
 
 def propagate(state, config, student, train, labeled_idx):
@@ -225,6 +221,19 @@ def stage_batches(stage: str, config, seed_epoch: int, labeled_idx, unlabeled_id
                             config.labeled_batch_size, config.seed, seed_epoch)
 
 
+def stage_one_from(config, state, extra, labeled_idx, unlabeled_idx):
+  """State and extra at the end of stage 1, read from `config.init_workdir`."""
+  stage = METHODS[config.method][0]
+  restored = training.Checkpointer(config.init_workdir).restore(state, extra)
+  steps = len(stage_batches(stage, config, 0, labeled_idx, unlabeled_idx)) * config.epochs[stage]
+  if restored is None or int(restored[1]['stage']) != 0 or int(restored[0].step) != steps:
+    raise ValueError(f'config.init_workdir={config.init_workdir!r} does not hold a finished '
+                     f'{stage} stage of {config.epochs[stage]} epochs ({steps} steps) with '
+                     'this config; train it first, or leave init_workdir empty.')
+  print(f'Stage 1 ({stage}) taken from {config.init_workdir} at step {steps}.')
+  return restored[0], restored[1]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   train, test = datasets.load(config)
@@ -242,9 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   training.save_config(workdir, config)
 
   stages = METHODS[config.method]
-  epochs = {stages[0]: config.stage1_epochs}
-  if len(stages) > 1:
-    epochs[stages[1]] = config.stage2_epochs
+  epochs = config.epochs
   state = create_state(config, train.num_classes, train.images.shape[1:])
   n = len(train.labels)
   extra = initial_extra(n, train.num_classes)
@@ -253,6 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state, extra, _ = restored
     print(f'Resumed at step {int(state.step)} (stage {stages[int(extra["stage"])]}).')
+  elif config.init_workdir:
+    state, extra = stage_one_from(config, state, extra, labeled_idx, unlabeled_idx)
   student, teacher = make_apply_fns(config)
   spec = augment_spec_for(config.dataset, train=True, **config.augment)
   logger = None
@@ -311,8 +320,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           if local % config.log_every_steps == 0 or local == total:
             scalars = {k: float(v) for k, v in metrics.items()}
             training.check_finite(scalars['loss'], step + 1, checkpoints.directory)
-            logger.log(local, {**scalars, 'lr': float(schedule(local - 1)),
-                               'consistency_weight': float(cons_weight)})
+            if mean_teacher:
+              scalars['consistency_weight'] = float(cons_weight)
+            logger.log(local, {**scalars, 'lr': float(schedule(local - 1))})
           if stop.requested:
             checkpoints.save(step + 1, state, extra)
             stop.stop(step + 1, checkpoints.directory)

@@ -32,25 +32,30 @@ import ml_collections
 from groundwork.data import augment_spec_for
 from groundwork.training import parse_args
 
+_PAPER_EPOCHS = dict(supervised=180, mt=180, dlp=180, mt_dlp=180)
+# A supervised epoch is a pass over the labelled images, the others a pass over
+# the unlabelled ones (two-stream batches).
 DATASET_DEFAULTS = {
-    # data_dir, encoder, encoder fields, batch, labelled per batch, stage-1 and stage-2 epochs, lr.
+    # Sized for a 2-core CPU: Conv-4 of width 32 on a balanced 10,000-image subset of
+    # the training set (1,000 labelled, 9,000 unlabelled); the full test set.
     'fashion_mnist': dict(data_dir='/usr/share/datasets/fashion-mnist', encoder='conv4',
-                          encoder_kwargs=dict(width=64), batch_size=100, labeled_batch_size=50,
-                          stage1_epochs=60, stage2_epochs=6, lr=0.05, ema_decay=0.97,
-                          train_subset=0),
+                          encoder_kwargs=dict(width=32), batch_size=100, labeled_batch_size=50,
+                          epochs=dict(supervised=100, mt=10, dlp=10, mt_dlp=10), lr=0.05,
+                          ema_decay=0.97, train_subset=10_000),
     'digits': dict(data_dir='', encoder='conv4', encoder_kwargs=dict(width=32, pool_blocks=2),
-                   batch_size=50, labeled_batch_size=25, stage1_epochs=100, stage2_epochs=20,
-                   lr=0.05, ema_decay=0.97, train_subset=0),
+                   batch_size=50, labeled_batch_size=25,
+                   epochs=dict(supervised=300, mt=30, dlp=30, mt_dlp=30), lr=0.05,
+                   ema_decay=0.97, train_subset=0),
     'cifar10': dict(data_dir='data/cifar10', encoder='cnn13', encoder_kwargs={},
-                    batch_size=100, labeled_batch_size=50, stage1_epochs=180, stage2_epochs=180,
-                    lr=0.05, ema_decay=0.97, train_subset=0),
+                    batch_size=100, labeled_batch_size=50, epochs=_PAPER_EPOCHS, lr=0.05,
+                    ema_decay=0.97, train_subset=0),
     'cifar100': dict(data_dir='data/cifar100', encoder='cnn13', encoder_kwargs={},
-                     batch_size=128, labeled_batch_size=31, stage1_epochs=180,
-                     stage2_epochs=180, lr=0.2, ema_decay=0.99, train_subset=0),
+                     batch_size=128, labeled_batch_size=31, epochs=_PAPER_EPOCHS, lr=0.2,
+                     ema_decay=0.99, train_subset=0),
     'miniimagenet': dict(data_dir='data/miniimagenet', encoder='resnet18',
                          encoder_kwargs=dict(cifar_stem=False), batch_size=128,
-                         labeled_batch_size=31, stage1_epochs=180, stage2_epochs=180, lr=0.2,
-                         ema_decay=0.99, train_subset=0),
+                         labeled_batch_size=31, epochs=_PAPER_EPOCHS, lr=0.2, ema_decay=0.99,
+                         train_subset=0),
 }
 
 
@@ -70,6 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train_subset = 600 if smoke else d['train_subset']  # 0 = all training images.
   c.test_fraction = 0.2  # digits only: the seeded test split.
   c.method = args['method']
+  # A workdir whose finished stage 1 (supervised for dlp, mt for mt_dlp) starts this
+  # run's stage 2, so DLP and MT+DLP reuse the baselines' runs; '' trains stage 1.
+  c.init_workdir = ''
 
   c.encoder = d['encoder']
   c.encoder_kwargs = dict(width=8, pool_blocks=2) if smoke else d['encoder_kwargs']
@@ -79,8 +87,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.batch_size = 20 if smoke else d['batch_size']
   c.labeled_batch_size = 10 if smoke else d['labeled_batch_size']
-  c.stage1_epochs = 1 if smoke else d['stage1_epochs']
-  c.stage2_epochs = 2 if smoke else d['stage2_epochs']
+  c.epochs = ml_collections.ConfigDict(
+      dict(supervised=1, mt=1, dlp=2, mt_dlp=2) if smoke else d['epochs'])
 
   # SGD Nesterov, weight decay 2e-4 on all parameters; the learning rate is set each
   # iteration by the Mean Teacher cosine, which would reach 0 after rampdown_ratio times

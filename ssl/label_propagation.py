@@ -1,0 +1,240 @@
+"""Label propagation for deep semi-supervised learning (Iscen et al., CVPR 2019).
+
+Given features of all N training images and the labels of a few, diffuse the
+labels over the kNN graph of the features and turn the result into
+pseudo-labels with certainty weights (ahmetius/LP-DeepSSL,
+`DBSS.update_plabels`):
+
+1. exact kNN by inner product of L2-normalised features (k = 50, self excluded);
+2. affinities s^gamma on the kNN edges (gamma = 3), negatives clipped at 0 as
+   the paper defines them (`clip_negative=False` keeps them, as the reference
+   code does); W = A + A^T, no diagonal, D^-1/2 W D^-1/2 (`knn_graph.py`);
+3. solve (I - alpha W) Z = Y by conjugate gradient from 0, 20 iterations, every
+   class at once but each with its own step sizes and scipy's stopping test
+   (as the reference's one `scipy.sparse.linalg.cg` call per class, tol 1e-6);
+   column c of Y is 1/|L_c| on the labeled images of class c;
+4. Z clipped at 0, rows L1-normalised to z; pseudo-label argmax z; weight
+   omega = 1 - H(z) / log C divided by its maximum; labeled images keep their
+   label with omega = 1; class weight zeta_c = (N / C) / #{pseudo-label = c}.
+
+Deviation: an image with no affinity or no path to a label (Z row all 0) gets
+omega = 0, where the reference's entropy of a zero row makes every weight NaN.
+
+Speed: images are renumbered so that likely neighbours (same nearest labeled
+class mean) sit together, which keeps the graph's gathers in cache; the
+renumbering changes nothing but the order of float additions.
+"""
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semisup import knn_graph
+from semisup.knn import knn_search, l2_normalize
+
+
+class Propagation(NamedTuple):
+  pseudo_labels: jax.Array  # [N] int32: argmax of z; the label itself for labeled images.
+  weights: jax.Array  # [N] float32: certainty omega in [0, 1]; 1 for labeled images.
+  class_weights: jax.Array  # [C] float32: zeta_c = (N / C) / #{pseudo_labels == c}.
+  scores: jax.Array  # [N, C] float32: Z, the solution of (I - alpha W) Z = Y.
+
+
+def label_propagation(features, labels, labeled_mask, num_classes: int, *, k: int = 50,
+                      gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
+                      clip_negative: bool = True, knn_backend: str = 'auto',
+                      cg_rtol: float = 1e-6) -> Propagation:
+  """Pseudo-labels and weights for every image from `features [N, d]`.
+
+  `labels [N]` is read only where `labeled_mask [N]` is true (elsewhere it may
+  be -1). `knn_backend`: 'auto' (faiss on CPU, JAX elsewhere), 'jax' or 'faiss'.
+  """
+  x = np.asarray(features, np.float32)
+  labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
+  _check_inputs(x, labels, labeled_mask, num_classes, k, gamma, clip_negative)
+  similarities, indices = knn_search(x, k, backend=knn_backend)
+  return propagate(similarities, indices, labels, labeled_mask, num_classes, gamma=gamma,
+                   alpha=alpha, cg_iterations=cg_iterations, clip_negative=clip_negative,
+                   cg_rtol=cg_rtol, order=locality_order(x, labels, labeled_mask, num_classes))
+
+
+def propagate(similarities, indices, labels, labeled_mask, num_classes: int, *,
+              gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
+              clip_negative: bool = True, cg_rtol: float = 1e-6, order=None) -> Propagation:
+  """Steps 2-4 on a given kNN graph: `similarities`, `indices` `[N, k]` from `knn_search`.
+
+  `order` renumbers the images for memory locality only (see `locality_order`);
+  any permutation gives the same result up to float rounding.
+  """
+  labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
+  similarities, indices = np.asarray(similarities, np.float32), np.asarray(indices)
+  n, k = indices.shape
+  _check_labels(labels, labeled_mask, n, num_classes)
+  if not clip_negative and float(gamma) != int(gamma):
+    raise ValueError(f'gamma={gamma} with clip_negative=False: a negative similarity has no real '
+                     'non-integer power; use an integer gamma or clip_negative=True.')
+  labels = np.where(labeled_mask, labels, 0).astype(np.int32)
+  seeds = seed_matrix(labels, labeled_mask, num_classes)
+  order = np.arange(n) if order is None else np.asarray(order)
+  rank = np.empty(n, np.int64)
+  rank[order] = np.arange(n)
+  local = rank[indices[order]].astype(np.int32)
+  z, pseudo, weights = _diffuse(
+      jnp.asarray(similarities[order]), jnp.asarray(local), knn_graph.layout(local),
+      jnp.asarray(seeds[order]), jnp.asarray(rank.astype(np.int32)), gamma=float(gamma),
+      alpha=float(alpha), clip_negative=bool(clip_negative), iterations=int(cg_iterations),
+      rtol=float(cg_rtol))
+
+  pseudo = jnp.where(labeled_mask, labels, pseudo)
+  weights = jnp.where(labeled_mask, 1.0, weights)
+  counts = jnp.bincount(pseudo, length=num_classes)  # >= 1: every class has a labeled image.
+  class_weights = (n / num_classes) / counts.astype(jnp.float32)
+  return Propagation(pseudo.astype(jnp.int32), weights, class_weights, z)
+
+
+def locality_order(features, labels, labeled_mask, num_classes: int) -> np.ndarray:
+  """Images grouped by their nearest labeled class mean: likely graph neighbours end
+  up close in memory, which keeps the gathers of the graph product in cache."""
+  x = l2_normalize(features)
+  means = seed_matrix(np.where(labeled_mask, labels, 0), labeled_mask, num_classes).T @ x
+  return np.argsort(np.argmax(x @ means.T, axis=1), kind='stable')
+
+
+def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, sample_weights: jax.Array,
+                           class_weights: jax.Array) -> jax.Array:
+  """`sum_i omega_i zeta_{y_i} CE(logits_i, y_i) / B`: the loss of stage 2.
+
+  Divided by the batch size B, not by the sum of weights, as the reference
+  (`helpers.train`); with omega = 1 on labeled and 0 on unlabeled images and
+  zeta = 1 it is the reference's supervised loss of Mean Teacher (CE summed
+  over labeled images / B).
+  """
+  logits = logits.astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  ce = -jnp.take_along_axis(log_probs, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  weights = sample_weights.astype(jnp.float32) * class_weights.astype(jnp.float32)[targets]
+  return jnp.sum(weights * ce) / logits.shape[0]
+
+
+# ----------------------------------------------------------------------------
+# Conjugate gradient, one independent solve per column.
+# ----------------------------------------------------------------------------
+def conjugate_gradient(matvec, b: jax.Array, iterations: int, rtol: float = 1e-6) -> jax.Array:
+  """Solve `A X = B` for symmetric positive definite A, each column on its own.
+
+  Starts from 0 and stops a column once `||r|| < rtol ||b||` (scipy's test),
+  else after `iterations` steps: column c follows `scipy.sparse.linalg.cg(A,
+  b[:, c], rtol=rtol, maxiter=iterations)` step for step.
+  """
+  b = jnp.asarray(b, jnp.float32)
+  column_dot = lambda u, v: jnp.sum(u * v, axis=0)
+  tolerance = rtol * jnp.sqrt(column_dot(b, b))
+
+  def step(_, state):
+    x, r, p, rho, active = state
+    norm = jnp.sqrt(rho)
+    active = active & (norm >= tolerance) & (norm > 0)
+    q = matvec(p)
+    pq = column_dot(p, q)
+    step_size = jnp.where(active, rho / jnp.where(active, pq, 1.0), 0.0)
+    x = x + step_size * p
+    r = r - step_size * q
+    rho_next = column_dot(r, r)
+    beta = rho_next / jnp.where(active, rho, 1.0)
+    p = jnp.where(active, r + beta * p, p)
+    return x, r, p, jnp.where(active, rho_next, rho), active
+
+  state = (jnp.zeros_like(b), b, b, column_dot(b, b), jnp.ones(b.shape[1], bool))
+  return jax.lax.fori_loop(0, iterations, step, state)[0]
+
+
+# ----------------------------------------------------------------------------
+# Pieces of the propagation.
+# ----------------------------------------------------------------------------
+def affinities(similarities: jax.Array, gamma: float, clip_negative: bool) -> jax.Array:
+  """`s^gamma` on the kNN edges; negatives clipped at 0 first if `clip_negative`.
+
+  Unclipped, an odd integer gamma keeps a negative similarity negative, as the
+  reference's `D ** 3`.
+  """
+  s = jnp.asarray(similarities, jnp.float32)
+  if clip_negative:
+    return jnp.maximum(s, 0.0) ** gamma
+  return jax.lax.integer_pow(s, int(gamma))
+
+
+def certainty(z: jax.Array):
+  """Pseudo-labels and omega from propagated scores `z [N, C]` (unlabeled view).
+
+  omega = 1 - H(z_hat) / log C with z_hat the clipped, L1-normalised row, divided
+  by the largest omega; a row with nothing propagated gets omega = 0.
+  """
+  num_classes = z.shape[1]
+  z = jnp.maximum(z, 0.0)
+  total = z.sum(axis=1)
+  reached = total > 0
+  probs = z / jnp.where(reached, total, 1.0)[:, None]
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0),
+                     axis=1)
+  omega = jnp.where(reached, 1.0 - entropy / np.log(num_classes), 0.0)
+  top = jnp.max(omega)
+  omega = omega / jnp.where(top > 0, top, 1.0)
+  return jnp.argmax(probs, axis=1).astype(jnp.int32), omega
+
+
+@functools.partial(jax.jit, static_argnames=('gamma', 'clip_negative', 'iterations'))
+def _diffuse(similarities, neighbours, layout, seeds, rank, *, gamma, alpha, clip_negative,
+             iterations, rtol):
+  graph = knn_graph.build(affinities(similarities, gamma, clip_negative), layout, neighbours)
+  z = conjugate_gradient(lambda p: p - alpha * knn_graph.matvec(graph, p), seeds, iterations, rtol)
+  z = z[rank]  # Back to the caller's numbering.
+  pseudo, omega = certainty(z)
+  return z, pseudo, omega
+
+
+def seed_matrix(labels: np.ndarray, labeled_mask: np.ndarray, num_classes: int) -> np.ndarray:
+  """Y [N, C]: column c is 1 / |L_c| on the labeled images of class c."""
+  seeds = np.zeros((labels.shape[0], num_classes), np.float32)
+  idx = np.flatnonzero(labeled_mask)
+  counts = np.bincount(labels[idx], minlength=num_classes)
+  seeds[idx, labels[idx]] = 1.0 / counts[labels[idx]]
+  return seeds
+
+
+def _check_inputs(x, labels, labeled_mask, num_classes, k, gamma, clip_negative):
+  if x.ndim != 2:
+    raise ValueError(f'features must be [N, d]; got shape {x.shape}.')
+  n = x.shape[0]
+  _check_labels(labels, labeled_mask, n, num_classes)
+  if not 0 < k < n:
+    raise ValueError(f'k={k} must be in [1, N-1] = [1, {n - 1}] for N={n} images.')
+  if not clip_negative and float(gamma) != int(gamma):
+    raise ValueError(f'gamma={gamma} with clip_negative=False: a negative similarity has no real '
+                     'non-integer power; use an integer gamma or clip_negative=True.')
+  bad = ~np.isfinite(x)
+  if bad.any():
+    rows = np.flatnonzero(bad.any(axis=1))
+    raise ValueError(f'features contain {bad.sum()} NaN/inf values in {rows.size} rows (first: row '
+                     f'{rows[0]}); the encoder diverged or its input was not normalised.')
+
+
+def _check_labels(labels, labeled_mask, n, num_classes):
+  for name, value in (('labels', labels), ('labeled_mask', labeled_mask)):
+    if value.shape != (n,):
+      raise ValueError(f'{name} has shape {value.shape} but there are {n} images: give one '
+                       f'entry per image ([{n}]).')
+  if num_classes < 2:
+    raise ValueError(f'num_classes={num_classes}: propagation needs at least 2 classes.')
+  given = labels[labeled_mask]
+  if given.size and (given.min() < 0 or given.max() >= num_classes):
+    wrong = given[(given < 0) | (given >= num_classes)]
+    raise ValueError(f'labeled images carry label {wrong[0]}, outside [0, {num_classes - 1}] '
+                     f'for num_classes={num_classes}.')
+  counts = np.bincount(given.astype(np.int64), minlength=num_classes)
+  if (counts == 0).any():
+    missing = np.flatnonzero(counts == 0)
+    raise ValueError(f'class {missing[0]} has no labeled image ({missing.size} of {num_classes} '
+                     f'classes have none: {missing[:10].tolist()}); every class needs at least '
+                     'one label to propagate from.')
