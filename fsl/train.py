@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from fsl import fewshot_data
 from fsl.cosine_classifier import CosineClassifier
 from fsl.dense_loss import dense_loss, gap_loss
 from fsl.episodic_evaluation import (embed_in_batches, episode_accuracies, lake_oneshot_error,
                                      print_progress, summarize)
+from fsl.implanting import wide_control_encoder
 from groundwork import training
 from groundwork.data import AugmentSpec, augment, augment_batch, augment_spec_for, make_episodes
 from groundwork.encoders import build_encoder
@@ -66,6 +66,10 @@ class FewShotNet(nn.Module):
 
 def build_model(config, num_classes: int) -> FewShotNet:
   encoder = build_encoder(config.encoder, **config.encoder_kwargs.to_dict())
+  if config.wide_control.width:
+    # DC+WIDE: the implanted architecture trained from scratch on the base classes.
+    encoder = wide_control_encoder(encoder, tuple(config.wide_control.layers),
+                                   config.wide_control.width)
   return FewShotNet(encoder, num_classes, config.head, config.classifier_scale_init)
 
 

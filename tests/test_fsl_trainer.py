@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fsl import train as fsl_train
+from fsl import train_implanting as fsl_train_implanting
 from groundwork import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -79,6 +80,7 @@ import functools, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 from tests.test_fsl_trainer import _config, _tiny_state, _batch
 from fsl import train as fsl_train
+from fsl import train_implanting as fsl_train_implanting
 from groundwork import training
 config = _config()
 state = _tiny_state(config)
@@ -120,15 +122,65 @@ def test_evaluating_a_workdir_without_checkpoint_says_so(tmp_path):
     fsl_train.evaluate(_config(), str(tmp_path))
 
 
-@needs_omniglot
-@pytest.mark.parametrize('head', ['dc', 'gap'])
-def test_smoke_run_writes_results_json(tmp_path, head):
-  results = fsl_train.train_and_evaluate(_config(head=head), str(tmp_path))
-  written = json.loads((tmp_path / 'results.json').read_text())
-  assert written == json.loads(json.dumps(results))
-  assert set(written['fewshot']) == {'5way_1shot', '5way_5shot'}
+@pytest.fixture(scope='module')
+def dc_smoke_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('dc_smoke')
+  fsl_train.train_and_evaluate(_config(head='dc'), str(workdir))
+  return workdir
+
+
+def _check_fewshot_results(workdir, shots, episodes):
+  written = json.loads((workdir / 'results.json').read_text())
+  assert set(written['fewshot']) == {f'5way_{k}shot' for k in shots}
   for entry in written['fewshot'].values():
-    assert 0.0 <= entry['accuracy'] <= 1.0 and entry['ci95'] > 0 and entry['episodes'] == 20
+    assert 0.0 <= entry['accuracy'] <= 1.0 and entry['ci95'] > 0 and entry['episodes'] == episodes
+  assert (workdir / 'config.json').exists()
+  return written
+
+
+@needs_omniglot
+def test_dc_smoke_run_writes_results_json(dc_smoke_workdir):
+  written = _check_fewshot_results(dc_smoke_workdir, (1, 5), 20)
   assert written['lake_oneshot']['items'] == 400
   assert 0.0 <= written['lake_oneshot']['error'] <= 1.0
-  assert (tmp_path / 'config.json').exists()
+
+
+@needs_omniglot
+def test_gap_smoke_run_returns_what_it_writes(tmp_path):
+  results = fsl_train.train_and_evaluate(_config(head='gap'), str(tmp_path))
+  assert _check_fewshot_results(tmp_path, (1, 5), 20) == json.loads(json.dumps(results))
+
+
+@needs_omniglot
+def test_implanting_smoke_run_on_the_dc_workdir(dc_smoke_workdir, tmp_path):
+  sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
+  import implanting  # pylint: disable=import-outside-toplevel
+  config = implanting.get_config('smoke')
+  config.base_workdir = str(dc_smoke_workdir)
+  results = fsl_train_implanting.train_and_evaluate(config, str(tmp_path))
+  written = _check_fewshot_results(tmp_path, (5,), 8)
+  assert written == json.loads(json.dumps(results))
+  dc, imp = written['dc_same_episodes']['5way_5shot'], written['fewshot']['5way_5shot']
+  np.testing.assert_allclose(written['paired_gain']['5way_5shot']['accuracy'],
+                             imp['accuracy'] - dc['accuracy'], atol=1e-6)
+
+
+@needs_omniglot
+def test_implanting_a_missing_layer_is_an_error(dc_smoke_workdir, tmp_path):
+  sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
+  import implanting  # pylint: disable=import-outside-toplevel
+  config = implanting.get_config('smoke')
+  config.base_workdir = str(dc_smoke_workdir)
+  config.implant.layers = ('conv7',)
+  with pytest.raises(ValueError, match="Implant layer 'conv7' does not exist"):
+    fsl_train_implanting.train_and_evaluate(config, str(tmp_path))
+
+
+@needs_omniglot
+def test_wide_control_trains_the_widened_encoder(tmp_path):
+  config = _config(**{'wide_control.width': 4, 'optim.epochs': 1})
+  config.eval.lake = False
+  fsl_train.train_and_evaluate(config, str(tmp_path))
+  _check_fewshot_results(tmp_path, (1, 5), 20)
+  state = _tiny_state(config)
+  assert state.params['encoder']['block3']['implant_conv']['kernel'].shape[-1] == 4

@@ -13,7 +13,8 @@ plus Lake's 20 one-shot runs; the last checkpoint is kept, nothing is chosen on 
     --config=configs/fsl/dense_classification.py:dataset=omniglot,encoder=conv4,head=dc \
     --config.data_dir=../shared/data/omniglot --workdir=workdirs/omniglot_conv4_dc
 
-  and `head=gap` for the GAP baseline with the same recipe and seed. The numbers
+  and `head=gap` for the GAP baseline with the same recipe and seed;
+  `--config.wide_control.width=16` for the DC+WIDE control of implanting. The numbers
   it reaches are in README.md ("Few-shot results on Omniglot").
 
 miniImageNet (the paper's setting: ResNet-12 64-128-256-512, 84x84, 64 base classes,
@@ -83,6 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.encoder = args['encoder']
   c.encoder_kwargs = encoder_kwargs(args['encoder'], dataset, smoke)
   c.head = args['head']
+  # DC+WIDE control: widen the implanted layers of the last block by this many
+  # channels (0 = off), to show the gain of implanting is not just parameters.
+  c.wide_control = ml_collections.ConfigDict(dict(
+      width=0, layers=('conv',) if args['encoder'] == 'conv4' else ('conv1', 'conv2')))
   c.classifier_scale_init = 10.0
 
   c.batch_size = 16 if smoke else (64 if dataset == 'omniglot' else 128)
