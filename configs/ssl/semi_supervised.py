@@ -117,7 +117,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lp.clip_negative = True  # The paper's affinities; the reference code does not clip.
   c.lp.knn_backend = 'auto'  # faiss on CPU, exact JAX search on GPU/TPU.
 
-  spec = dataclasses.asdict(augment_spec_for(args['dataset'], train=True))
+  # Mean Teacher needs two differently augmented views; Fashion-MNIST has no
+  # augmentation of its own in the data layer, so it gets CIFAR's translate and flip
+  # (at 2 pixels for 28x28), used by every method alike.
+  overrides = dict(translate=2, flip=True) if args['dataset'] == 'fashion_mnist' else {}
+  spec = dataclasses.asdict(augment_spec_for(args['dataset'], train=True, **overrides))
   c.augment = {k: v for k, v in spec.items() if k not in ('mean', 'std')}
   c.eval_batch_size = 500
   c.eval_every_epochs = 1 if smoke else 5
