@@ -66,10 +66,10 @@ class FewShotNet(nn.Module):
 
 def build_model(config, num_classes: int) -> FewShotNet:
   encoder = build_encoder(config.encoder, **config.encoder_kwargs.to_dict())
-  if config.wide_control.width:
+  wide = config.get('wide_control')  # Absent from workdirs written before it existed.
+  if wide is not None and wide.width:
     # DC+WIDE: the implanted architecture trained from scratch on the base classes.
-    encoder = wide_control_encoder(encoder, tuple(config.wide_control.layers),
-                                   config.wide_control.width)
+    encoder = wide_control_encoder(encoder, tuple(wide.layers), wide.width)
   return FewShotNet(encoder, num_classes, config.head, config.classifier_scale_init)
 
 
