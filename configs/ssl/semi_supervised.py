@@ -40,7 +40,7 @@ DATASET_DEFAULTS = {
     # the training set (1,000 labelled, 9,000 unlabelled); the full test set.
     'fashion_mnist': dict(data_dir='/usr/share/datasets/fashion-mnist', encoder='conv4',
                           encoder_kwargs=dict(width=32), batch_size=100, labeled_batch_size=50,
-                          epochs=dict(supervised=100, mt=10, dlp=10, mt_dlp=10), lr=0.05,
+                          epochs=dict(supervised=100, mt=6, dlp=6, mt_dlp=6), lr=0.05,
                           ema_decay=0.97, train_subset=10_000),
     'digits': dict(data_dir='', encoder='conv4', encoder_kwargs=dict(width=32, pool_blocks=2),
                    batch_size=50, labeled_batch_size=25,
