@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from groundwork.encoders import fast_conv
 from groundwork.encoders.layers import (
     activation_fn,
     batch_norm,
@@ -31,7 +32,8 @@ class Conv4Block(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         x = nn.Conv(self.width, (3, 3), padding="SAME", kernel_init=torch_default_kernel_init,
-                    dtype=self.dtype, name="conv")(x)
+                    dtype=self.dtype, name="conv",
+                    conv_general_dilated=fast_conv.conv_general_dilated)(x)
         x = activation_fn(self.activation)(batch_norm(train, self.dtype, "bn")(x))
         return max_pool2(x) if self.pool else x
 

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
+from groundwork.encoders import fast_conv
+
 Array = jax.Array
 Dtype = Any
 
@@ -156,7 +158,7 @@ class WeightNormConv(nn.Module):
         padding = self.padding
         if isinstance(padding, int):
             padding = ((padding, padding), (padding, padding))
-        y = jax.lax.conv_general_dilated(
+        y = fast_conv.conv_general_dilated(
             x, kernel, window_strides=(1, 1), padding=padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from groundwork.encoders import fast_conv
 from groundwork.encoders.layers import DropBlock, activation_fn, batch_norm, max_pool2
 
 Array = jax.Array
@@ -40,7 +41,8 @@ class ResNet12Block(nn.Module):
 
         def conv(kernel: int, name: str) -> nn.Conv:
             return nn.Conv(self.width, (kernel, kernel), padding="SAME", use_bias=False,
-                           kernel_init=_conv_init, dtype=self.dtype, name=name)
+                           kernel_init=_conv_init, dtype=self.dtype, name=name,
+                           conv_general_dilated=fast_conv.conv_general_dilated)
 
         shortcut = conv(1, "shortcut_conv")(x)
         shortcut = batch_norm(train, self.dtype, "shortcut_bn")(shortcut)

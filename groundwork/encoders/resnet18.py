@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from groundwork.encoders import fast_conv
 from groundwork.encoders.layers import batch_norm
 
 Array = jax.Array
@@ -26,7 +27,8 @@ def _conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str) -> n
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=_conv_init, dtype=dtype, name=name)
+                   kernel_init=_conv_init, dtype=dtype, name=name,
+                   conv_general_dilated=fast_conv.conv_general_dilated)
 
 
 class BasicBlock(nn.Module):
