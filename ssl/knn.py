@@ -43,11 +43,13 @@ def knn_search(features, k: int, backend: str = 'auto', block_size: int = 512):
   Similarity is the inner product of L2-normalised rows; row i never lists
   itself, even when another row is an exact duplicate of it.
 
-  Returns `(similarities [N, k] float32, indices [N, k] int32)`, best first.
+  Returns NumPy `(similarities [N, k] float32, indices [N, k] int32)`, best first.
+  `block_size` (rows per matmul block) only matters to the 'jax' backend.
   """
-  x = l2_normalize(features)
+  x = np.asarray(features, np.float32)
   if x.ndim != 2:
     raise ValueError(f'features must be [N, d]; got shape {x.shape}.')
+  x = l2_normalize(x)
   n = x.shape[0]
   if not 0 < k < n:
     raise ValueError(f'k={k} must be in [1, N-1] = [1, {n - 1}] for N={n} images '

@@ -6,17 +6,18 @@ and D is the degree of A + A^T, a node of degree 0 getting D^-1/2 = 0 (as the
 reference's `normalize_connection_graph`).
 
 W is stored row by row, each entry once: W_ij = a_ij + a_ji, so a mutual pair
-(i and j in each other's lists, about a third of the pairs at k = 50) costs one
-gather instead of two. `W @ p` is then a gather-and-sum over each row. XLA on
-CPU scatters one update at a time, roughly ten times slower than it gathers, so
+(i and j in each other's lists: 40% of the edges of the benchmark graphs) costs
+one gather instead of two. `W @ p` is then a gather-and-sum over each row. XLA
+on CPU scatters one update at a time, 6-9x slower per value than it gathers, so
 the rows are laid out for gathers: every row's first `first_width(k)` entries
 (a row has at least k) fill one `[N, first]` table; the rest of a long row
 (hubs of a kNN graph have hundreds or thousands) fill tiles of `TILE` entries
-of that row, whose sums are scattered into place, one update per tile.
+of that row, whose sums are scattered into place, one update per tile. Empty
+slots point at a zero row of p with weight 0.
 
-Which entry goes where is integer bookkeeping, done once per graph with NumPy
-(one sort of the 2Nk directed entries, ~10x faster there than XLA's CPU sort);
-every number is computed on device.
+Sorting the entries into rows is integer bookkeeping, done once per graph with
+NumPy (one sort of the 2Nk directed readings, ~10x faster there than XLA's CPU
+sort); the tables and every number are computed on device.
 """
 from typing import NamedTuple
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 TILE = 16  # Entries per tile of a long row.
-CHUNK = 2048  # Tiles per step of the scatter loop; only filled chunks run.
+MIN_TILES = 256  # Tile capacity is a power of two times this.
 
 
 def first_width(k: int) -> int:
@@ -34,16 +35,20 @@ def first_width(k: int) -> int:
 
 
 class Layout(NamedTuple):
-  """Where each entry of W sits; `edge_*` name the kNN edges `e = i * k + m`
-  (i -> indices[i, m]) whose affinities add up to it, N * k meaning none."""
-  column: np.ndarray  # [N, F] int32: the entry's column, N for an empty slot.
-  edge_out: np.ndarray  # [N, F] int32: edge row -> column.
-  edge_in: np.ndarray  # [N, F] int32: edge column -> row.
-  tile_column: np.ndarray  # [T, TILE] int32, and so on for the tiles of long rows.
-  tile_edge_out: np.ndarray  # [T, TILE] int32.
-  tile_edge_in: np.ndarray  # [T, TILE] int32.
+  """W's entries row by row (NumPy, host), for `build` to spread into tables.
+
+  Entry u (u < number of entries; the rest up to 2E, and the last, are padding)
+  lies in row `r` with `row_start[r] <= u < row_start[r] + degree[r]`; `edge_*`
+  name the kNN edges `e = i * k + m` (i -> indices[i, m]) whose affinities add
+  up to it, E = N * k meaning none; padding has column N and no edges.
+  """
+  column: np.ndarray  # [2E + 1] int32.
+  edge_out: np.ndarray  # [2E + 1] int32: the edge row -> column.
+  edge_in: np.ndarray  # [2E + 1] int32: the edge column -> row.
+  row_start: np.ndarray  # [N] int32.
+  degree: np.ndarray  # [N] int32: entries in the row.
+  tile_start: np.ndarray  # [T] int32: first entry of each tile of a long row; 2E for padding.
   tile_row: np.ndarray  # [T] int32, non-decreasing: the row each tile sums into.
-  num_chunks: int  # Chunks of CHUNK tiles that hold any real tile.
 
 
 class Graph(NamedTuple):
@@ -53,93 +58,110 @@ class Graph(NamedTuple):
   tile_column: jax.Array  # [T, TILE] int32.
   tile_weight: jax.Array  # [T, TILE] float32.
   tile_row: jax.Array  # [T] int32.
-  num_chunks: jax.Array  # int32 scalar.
   degree: jax.Array  # [N] float32: row sums of A + A^T.
 
 
 def layout(indices: np.ndarray) -> Layout:
-  """Lay out W's entries for the kNN lists `indices [N, k]` (NumPy, host)."""
-  indices = np.asarray(indices)
+  """Sort W's entries for the kNN lists `indices [N, k]` into rows (NumPy, host)."""
+  indices = np.asarray(indices, np.int32)
   n, k = indices.shape
   num_edges = n * k
-  first = first_width(k)
-  # Entry id q < E is edge q read forwards (row i, column j); q >= E is edge
-  # q - E read backwards (row j, column i). Sorting by (row, column) puts the
-  # two readings of a mutual pair next to each other.
-  row = np.repeat(np.arange(n, dtype=np.uint64), k)
-  col = indices.reshape(-1).astype(np.uint64)
-  position = np.concatenate([row * np.uint64(n) + col, col * np.uint64(n) + row])
-  entry = _sort_with_ids(position, 2 * num_edges)
-  position = position[entry]
-  new = np.ones(entry.size, bool)
-  new[1:] = position[1:] != position[:-1]
-  unique = np.cumsum(new) - 1
-  size = int(unique[-1]) + 1
-  edge_out = np.full(size, num_edges, np.int32)
-  edge_in = np.full(size, num_edges, np.int32)
-  forwards = entry < num_edges
-  edge_out[unique[forwards]] = entry[forwards]
-  edge_in[unique[~forwards]] = entry[~forwards] - num_edges
-  position = position[new]
-  entry_row = (position // np.uint64(n)).astype(np.int64)
-  entry_col = (position % np.uint64(n)).astype(np.int32)
+  # Reading q < E is edge q forwards (row i, column j); q >= E is edge q - E
+  # backwards (row j, column i). Sorted by (row, column), rows are contiguous
+  # and a mutual pair's two readings are adjacent, the forwards one first.
+  reading, new = _sorted_readings(indices)
+  # For a pair's first reading, the edge of its second (backwards) reading; else E.
+  partner = np.full(reading.size, num_edges, reading.dtype)
+  second = np.flatnonzero(~new)
+  partner[second - 1] = reading[second] - num_edges
+  reading, partner = reading[new], partner[new]  # One per entry of W, by its first reading.
+  size = reading.size
+  forwards = reading < num_edges
+  edge = np.where(forwards, reading, reading - num_edges)
+  source, target = edge // k, indices.reshape(-1)[edge]
+  entry_row = np.where(forwards, source, target)
+  column = np.full(2 * num_edges + 1, n, np.int32)
+  edge_out = np.full(2 * num_edges + 1, num_edges, np.int32)
+  edge_in = np.full(2 * num_edges + 1, num_edges, np.int32)
+  column[:size] = np.where(forwards, target, source)
+  edge_out[:size] = np.where(forwards, edge, num_edges)
+  edge_in[:size] = np.where(forwards, partner, edge)
 
   degree = np.bincount(entry_row, minlength=n)
-  rank = np.arange(size) - (np.cumsum(degree) - degree)[entry_row]  # Place in its row.
+  row_start = np.cumsum(degree) - degree
+  first = first_width(k)
   tiles_of = -(-np.maximum(degree - first, 0) // TILE)
-  tile_start = np.cumsum(tiles_of) - tiles_of
-  # A row of d > F entries has ceil((d - F) / TILE) <= d / min(F + 1, TILE) tiles
-  # and rows hold 2E entries at most; a static capacity lets one compiled
-  # program serve every graph of this size.
-  capacity = -(-(2 * num_edges // min(first + 1, TILE) + 1) // CHUNK) * CHUNK
-  # The first table and the tiles as one flat buffer: [N, F] then [capacity, TILE].
-  slot = np.where(rank < first, entry_row * first + rank,
-                  n * first + tile_start[entry_row] * TILE + rank - first)
-  tables = []
-  for value, empty in ((entry_col, n), (edge_out, num_edges), (edge_in, num_edges)):
-    flat = np.full(n * first + capacity * TILE, empty, np.int32)
-    flat[slot] = value
-    tables.append((flat[:n * first].reshape(n, first), flat[n * first:].reshape(capacity, TILE)))
   used = int(tiles_of.sum())
-  tile_row = np.full((capacity,), n - 1, np.int32)
+  # Tile capacity: a power of two, so a new graph of the same size recompiles
+  # the propagation only when its long rows outgrow the last one.
+  capacity = MIN_TILES * (1 << max(0, -(-used // MIN_TILES) - 1).bit_length())
+  tile_row = np.full(capacity, n - 1, np.int32)
   tile_row[:used] = np.repeat(np.arange(n, dtype=np.int32), tiles_of)
-  (column, tile_column), (out_, tile_out), (in_, tile_in) = tables
-  return Layout(column, out_, in_, tile_column, tile_out, tile_in, tile_row, -(-used // CHUNK))
+  tile_start = np.full(capacity, 2 * num_edges, np.int32)
+  tile_start[:used] = (row_start + first)[tile_row[:used]] + TILE * (
+      np.arange(used) - (np.cumsum(tiles_of) - tiles_of)[tile_row[:used]])
+  return Layout(column, edge_out, edge_in, row_start.astype(np.int32), degree.astype(np.int32),
+                tile_start, tile_row)
 
 
-def _sort_with_ids(keys: np.ndarray, count: int) -> np.ndarray:
-  """The permutation sorting `keys` (uint64), ties by id; one packed sort when it fits."""
-  id_bits = max(int(count - 1).bit_length(), 1)
-  if int(keys.max()) < (1 << (64 - id_bits)):
-    packed = np.sort((keys << np.uint64(id_bits)) | np.arange(count, dtype=np.uint64))
-    return (packed & np.uint64((1 << id_bits) - 1)).astype(np.int64)
-  return np.argsort(keys, kind='stable')
+def _sorted_readings(indices: np.ndarray, pack: bool = True):
+  """Readings 0..2E-1 sorted by (row, column, reading), and whether each starts a new entry.
+
+  One sort of 64-bit keys with the reading id packed below the position
+  (row * N + column), or, when N is too large for that or `pack` is False, a
+  stable argsort (a few times slower).
+  """
+  n, k = indices.shape
+  count = 2 * n * k
+  target = indices.reshape(-1).astype(np.uint64)
+  source = np.repeat(np.arange(n, dtype=np.uint64), k)
+  position = np.empty(count, np.uint64)
+  np.multiply(source, np.uint64(n), out=position[:count // 2])
+  position[:count // 2] += target
+  np.multiply(target, np.uint64(n), out=position[count // 2:])
+  position[count // 2:] += source
+  bits = int(count - 1).bit_length()
+  if not pack or (n * n) >> (64 - bits):
+    reading = np.argsort(position, kind='stable')
+    position = position[reading]
+  else:
+    position <<= np.uint64(bits)
+    position |= np.arange(count, dtype=np.uint64)
+    position.sort()
+    reading = position & np.uint64((1 << bits) - 1)
+    position >>= np.uint64(bits)
+  new = np.empty(count, bool)
+  new[0] = True
+  np.not_equal(position[1:], position[:-1], out=new[1:])
+  return reading.astype(np.int32 if count < 2**31 else np.int64), new
 
 
-def build(values: jax.Array, layout: Layout, indices: jax.Array) -> Graph:
-  """The normalised graph from affinities `values [N, k]` at `indices [N, k]`."""
+def build(values: jax.Array, layout: Layout) -> Graph:
+  """The normalised graph from the affinities `values [N, k]` of the kNN edges."""
   values = jnp.asarray(values, jnp.float32)
-  n = values.shape[0]
-  degree = values.sum(axis=1) + jax.ops.segment_sum(
-      values.reshape(-1), jnp.asarray(indices, jnp.int32).reshape(-1), n)
+  n, k = values.shape
+  affinity = jnp.concatenate([values.reshape(-1), jnp.zeros((1,), jnp.float32)])
+  padding = 2 * n * k  # The last entry: column N, no edges.
+  row_start = jnp.asarray(layout.row_start)
+  row_end = row_start + jnp.asarray(layout.degree)
+
+  def table(start, end, width):  # Columns and a_ij + a_ji of `width` entries from `start`.
+    entry = start[:, None] + jnp.arange(width)[None, :]
+    entry = jnp.where(entry < end[:, None], entry, padding)
+    edge_out, edge_in = jnp.asarray(layout.edge_out)[entry], jnp.asarray(layout.edge_in)[entry]
+    return jnp.asarray(layout.column)[entry], affinity[edge_out] + affinity[edge_in]
+
+  first = first_width(k)
+  column, pair = table(row_start, jnp.minimum(row_end, row_start + first), first)
+  tile_row = jnp.asarray(layout.tile_row)
+  tile_column, tile_pair = table(jnp.asarray(layout.tile_start), row_end[tile_row], TILE)
+  degree = pair.sum(axis=1).at[tile_row].add(tile_pair.sum(axis=1), indices_are_sorted=True)
   # D^-1/2 with degree-0 nodes at 0 (the reference maps the inf and NaN to 0).
   scale = jnp.where(degree > 0, jax.lax.rsqrt(jnp.where(degree > 0, degree, 1.0)), 0.0)
-  affinity = jnp.concatenate([values.reshape(-1), jnp.zeros((1,), jnp.float32)])
-  padded_scale = jnp.concatenate([scale, jnp.zeros((1,), jnp.float32)])
-
-  def weight(rows, column, edge_out, edge_in):
-    return rows * (affinity[edge_out] + affinity[edge_in]) * padded_scale[column]
-
-  tile_row = jnp.asarray(layout.tile_row)
-  return Graph(
-      column=jnp.asarray(layout.column),
-      weight=weight(scale[:, None], layout.column, layout.edge_out, layout.edge_in),
-      tile_column=jnp.asarray(layout.tile_column),
-      tile_weight=weight(scale[tile_row][:, None], layout.tile_column, layout.tile_edge_out,
-                         layout.tile_edge_in),
-      tile_row=tile_row,
-      num_chunks=jnp.asarray(layout.num_chunks, jnp.int32),
-      degree=degree)
+  column_scale = jnp.concatenate([scale, jnp.zeros((1,), jnp.float32)])
+  weight = scale[:, None] * pair * column_scale[column]
+  tile_weight = scale[tile_row][:, None] * tile_pair * column_scale[tile_column]
+  return Graph(column, weight, tile_column, tile_weight, tile_row, degree)
 
 
 def _gather_sum(weight: jax.Array, column: jax.Array, p: jax.Array) -> jax.Array:
@@ -155,15 +177,8 @@ def matvec(graph: Graph, p: jax.Array) -> jax.Array:
   """`W @ p` for `p [N, C]`."""
   padded = jnp.concatenate([p, jnp.zeros((1, p.shape[1]), p.dtype)])
   out = _gather_sum(graph.weight, graph.column, padded)
-
-  def long_rows(c, out):
-    start = (c * CHUNK, 0)
-    column = jax.lax.dynamic_slice(graph.tile_column, start, (CHUNK, TILE))
-    weight = jax.lax.dynamic_slice(graph.tile_weight, start, (CHUNK, TILE))
-    row = jax.lax.dynamic_slice(graph.tile_row, start[:1], (CHUNK,))
-    return out.at[row].add(_gather_sum(weight, column, padded), indices_are_sorted=True)
-
-  return jax.lax.fori_loop(0, graph.num_chunks, long_rows, out)
+  tiles = _gather_sum(graph.tile_weight, graph.tile_column, padded)
+  return out.at[graph.tile_row].add(tiles, indices_are_sorted=True)
 
 
 def dense(graph: Graph) -> np.ndarray:

@@ -17,12 +17,19 @@ pseudo-labels with certainty weights (ahmetius/LP-DeepSSL,
    omega = 1 - H(z) / log C divided by its maximum; labeled images keep their
    label with omega = 1; class weight zeta_c = (N / C) / #{pseudo-label = c}.
 
-Deviation: an image with no affinity or no path to a label (Z row all 0) gets
-omega = 0, where the reference's entropy of a zero row makes every weight NaN.
+Deviations from the reference code:
+- an image with no affinity or no path to a label (Z row all 0) gets omega = 0,
+  where the reference's entropy of a zero row makes every weight NaN; its
+  pseudo-label is the argmax of zeros, class 0, counted in zeta as there;
+- self is removed from the kNN lists by index, not by dropping column 0, which
+  with exact duplicates can be another image (`knn.drop_self`);
+- the layout of W's entries (integers only: one sort) is built with NumPy on
+  the host, where it is ~10x faster than XLA's CPU sort; all arithmetic is on
+  device.
 
-Speed: images are renumbered so that likely neighbours (same nearest labeled
-class mean) sit together, which keeps the graph's gathers in cache; the
-renumbering changes nothing but the order of float additions.
+Speed (N = 50,000 on a 2-core CPU): see benchmarks/label_propagation.py and
+README. The kNN search dominates; the graph and 20 CG steps run as one
+compiled program over an O(Nk) gather layout of W (`knn_graph.py`).
 """
 import functools
 from typing import NamedTuple
@@ -32,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from semisup import knn_graph
-from semisup.knn import knn_search, l2_normalize
+from semisup.knn import knn_search
 
 
 class Propagation(NamedTuple):
@@ -57,49 +64,28 @@ def label_propagation(features, labels, labeled_mask, num_classes: int, *, k: in
   similarities, indices = knn_search(x, k, backend=knn_backend)
   return propagate(similarities, indices, labels, labeled_mask, num_classes, gamma=gamma,
                    alpha=alpha, cg_iterations=cg_iterations, clip_negative=clip_negative,
-                   cg_rtol=cg_rtol, order=locality_order(x, labels, labeled_mask, num_classes))
+                   cg_rtol=cg_rtol)
 
 
 def propagate(similarities, indices, labels, labeled_mask, num_classes: int, *,
               gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
-              clip_negative: bool = True, cg_rtol: float = 1e-6, order=None) -> Propagation:
-  """Steps 2-4 on a given kNN graph: `similarities`, `indices` `[N, k]` from `knn_search`.
-
-  `order` renumbers the images for memory locality only (see `locality_order`);
-  any permutation gives the same result up to float rounding.
-  """
+              clip_negative: bool = True, cg_rtol: float = 1e-6) -> Propagation:
+  """Steps 2-4 on a given kNN graph: `similarities`, `indices` `[N, k]` from `knn_search`."""
   labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
   similarities, indices = np.asarray(similarities, np.float32), np.asarray(indices)
-  n, k = indices.shape
+  n = indices.shape[0]
   _check_labels(labels, labeled_mask, n, num_classes)
-  if not clip_negative and float(gamma) != int(gamma):
-    raise ValueError(f'gamma={gamma} with clip_negative=False: a negative similarity has no real '
-                     'non-integer power; use an integer gamma or clip_negative=True.')
+  _check_gamma(gamma, clip_negative)
+  if indices.shape != similarities.shape or indices.min() < 0 or indices.max() >= n:
+    raise ValueError(f'indices {indices.shape} must match similarities {similarities.shape} and '
+                     f'lie in [0, {n - 1}]; got [{indices.min()}, {indices.max()}].')
   labels = np.where(labeled_mask, labels, 0).astype(np.int32)
-  seeds = seed_matrix(labels, labeled_mask, num_classes)
-  order = np.arange(n) if order is None else np.asarray(order)
-  rank = np.empty(n, np.int64)
-  rank[order] = np.arange(n)
-  local = rank[indices[order]].astype(np.int32)
-  z, pseudo, weights = _diffuse(
-      jnp.asarray(similarities[order]), jnp.asarray(local), knn_graph.layout(local),
-      jnp.asarray(seeds[order]), jnp.asarray(rank.astype(np.int32)), gamma=float(gamma),
+  return _propagate(
+      jnp.asarray(similarities), knn_graph.layout(indices), jnp.asarray(labels),
+      jnp.asarray(labeled_mask),
+      jnp.asarray(seed_matrix(labels, labeled_mask, num_classes)), gamma=float(gamma),
       alpha=float(alpha), clip_negative=bool(clip_negative), iterations=int(cg_iterations),
       rtol=float(cg_rtol))
-
-  pseudo = jnp.where(labeled_mask, labels, pseudo)
-  weights = jnp.where(labeled_mask, 1.0, weights)
-  counts = jnp.bincount(pseudo, length=num_classes)  # >= 1: every class has a labeled image.
-  class_weights = (n / num_classes) / counts.astype(jnp.float32)
-  return Propagation(pseudo.astype(jnp.int32), weights, class_weights, z)
-
-
-def locality_order(features, labels, labeled_mask, num_classes: int) -> np.ndarray:
-  """Images grouped by their nearest labeled class mean: likely graph neighbours end
-  up close in memory, which keeps the gathers of the graph product in cache."""
-  x = l2_normalize(features)
-  means = seed_matrix(np.where(labeled_mask, labels, 0), labeled_mask, num_classes).T @ x
-  return np.argsort(np.argmax(x @ means.T, axis=1), kind='stable')
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, sample_weights: jax.Array,
@@ -126,28 +112,28 @@ def conjugate_gradient(matvec, b: jax.Array, iterations: int, rtol: float = 1e-6
 
   Starts from 0 and stops a column once `||r|| < rtol ||b||` (scipy's test),
   else after `iterations` steps: column c follows `scipy.sparse.linalg.cg(A,
-  b[:, c], rtol=rtol, maxiter=iterations)` step for step.
+  b[:, c], rtol=rtol, maxiter=iterations)` step for step. The loop ends when
+  every column has stopped.
   """
   b = jnp.asarray(b, jnp.float32)
   column_dot = lambda u, v: jnp.sum(u * v, axis=0)
   tolerance = rtol * jnp.sqrt(column_dot(b, b))
+  going = lambda rho: (jnp.sqrt(rho) >= tolerance) & (rho > 0)
 
-  def step(_, state):
-    x, r, p, rho, active = state
-    norm = jnp.sqrt(rho)
-    active = active & (norm >= tolerance) & (norm > 0)
+  def step(state):
+    i, x, r, p, rho, active = state
     q = matvec(p)
-    pq = column_dot(p, q)
-    step_size = jnp.where(active, rho / jnp.where(active, pq, 1.0), 0.0)
+    step_size = jnp.where(active, rho / jnp.where(active, column_dot(p, q), 1.0), 0.0)
     x = x + step_size * p
     r = r - step_size * q
     rho_next = column_dot(r, r)
-    beta = rho_next / jnp.where(active, rho, 1.0)
-    p = jnp.where(active, r + beta * p, p)
-    return x, r, p, jnp.where(active, rho_next, rho), active
+    p = jnp.where(active, r + rho_next / jnp.where(active, rho, 1.0) * p, p)
+    rho = jnp.where(active, rho_next, rho)
+    return i + 1, x, r, p, rho, active & going(rho)
 
-  state = (jnp.zeros_like(b), b, b, column_dot(b, b), jnp.ones(b.shape[1], bool))
-  return jax.lax.fori_loop(0, iterations, step, state)[0]
+  rho = column_dot(b, b)
+  state = (0, jnp.zeros_like(b), b, b, rho, going(rho))
+  return jax.lax.while_loop(lambda s: (s[0] < iterations) & jnp.any(s[-1]), step, state)[1]
 
 
 # ----------------------------------------------------------------------------
@@ -166,7 +152,8 @@ def affinities(similarities: jax.Array, gamma: float, clip_negative: bool) -> ja
 
 
 def certainty(z: jax.Array):
-  """Pseudo-labels and omega from propagated scores `z [N, C]` (unlabeled view).
+  """Pseudo-labels and omega from propagated scores `z [N, C]`, before labeled
+  images are given their own labels.
 
   omega = 1 - H(z_hat) / log C with z_hat the clipped, L1-normalised row, divided
   by the largest omega; a row with nothing propagated gets omega = 0.
@@ -185,13 +172,16 @@ def certainty(z: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames=('gamma', 'clip_negative', 'iterations'))
-def _diffuse(similarities, neighbours, layout, seeds, rank, *, gamma, alpha, clip_negative,
-             iterations, rtol):
-  graph = knn_graph.build(affinities(similarities, gamma, clip_negative), layout, neighbours)
+def _propagate(similarities, layout, labels, labeled_mask, seeds, *, gamma, alpha,
+               clip_negative, iterations, rtol) -> Propagation:
+  graph = knn_graph.build(affinities(similarities, gamma, clip_negative), layout)
   z = conjugate_gradient(lambda p: p - alpha * knn_graph.matvec(graph, p), seeds, iterations, rtol)
-  z = z[rank]  # Back to the caller's numbering.
   pseudo, omega = certainty(z)
-  return z, pseudo, omega
+  pseudo = jnp.where(labeled_mask, labels, pseudo)
+  omega = jnp.where(labeled_mask, 1.0, omega)
+  num_images, num_classes = seeds.shape
+  counts = jnp.bincount(pseudo, length=num_classes)  # >= 1: every class has a labeled image.
+  return Propagation(pseudo, omega, (num_images / num_classes) / counts.astype(jnp.float32), z)
 
 
 def seed_matrix(labels: np.ndarray, labeled_mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -210,14 +200,18 @@ def _check_inputs(x, labels, labeled_mask, num_classes, k, gamma, clip_negative)
   _check_labels(labels, labeled_mask, n, num_classes)
   if not 0 < k < n:
     raise ValueError(f'k={k} must be in [1, N-1] = [1, {n - 1}] for N={n} images.')
-  if not clip_negative and float(gamma) != int(gamma):
-    raise ValueError(f'gamma={gamma} with clip_negative=False: a negative similarity has no real '
-                     'non-integer power; use an integer gamma or clip_negative=True.')
+  _check_gamma(gamma, clip_negative)
   bad = ~np.isfinite(x)
   if bad.any():
     rows = np.flatnonzero(bad.any(axis=1))
     raise ValueError(f'features contain {bad.sum()} NaN/inf values in {rows.size} rows (first: row '
                      f'{rows[0]}); the encoder diverged or its input was not normalised.')
+
+
+def _check_gamma(gamma, clip_negative):
+  if not clip_negative and float(gamma) != int(gamma):
+    raise ValueError(f'gamma={gamma} with clip_negative=False: a negative similarity has no real '
+                     'non-integer power; use an integer gamma or clip_negative=True.')
 
 
 def _check_labels(labels, labeled_mask, n, num_classes):

@@ -1,0 +1,232 @@
+"""Label propagation: kNN search, the graph operator, CG, certainty weights, the stage-2 loss."""
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.sparse.linalg  # noqa: E402
+
+from semisup import knn_graph  # noqa: E402
+from semisup import label_propagation as lp  # noqa: E402
+from semisup.knn import drop_self, knn_search  # noqa: E402
+
+
+def _brute_force(x, k):
+  x = x / np.linalg.norm(x, axis=1, keepdims=True)
+  s = x @ x.T
+  np.fill_diagonal(s, -np.inf)
+  idx = np.argsort(-s, axis=1, kind='stable')[:, :k]
+  return np.take_along_axis(s, idx, 1), idx
+
+
+def _dense_graph(x, k, gamma=3.0, clip=True):
+  """D^-1/2 (A + A^T) D^-1/2 as a dense NumPy matrix."""
+  n = x.shape[0]
+  sims, idx = _brute_force(x.astype(np.float64), k)
+  a = np.zeros((n, n))
+  values = (np.maximum(sims, 0) if clip else sims) ** gamma
+  a[np.repeat(np.arange(n), k), idx.ravel()] = values.ravel()
+  w = a + a.T
+  degree = w.sum(1)
+  scale = np.where(degree > 0, 1 / np.sqrt(np.where(degree > 0, degree, 1)), 0)
+  return scale[:, None] * w * scale[None]
+
+
+def _dense_reference(x, labels, mask, num_classes, k, gamma=3.0, alpha=0.99, clip=True):
+  """The whole method with dense NumPy matrices and an exact solve."""
+  n = x.shape[0]
+  wn = _dense_graph(x, k, gamma, clip)
+  y = np.zeros((n, num_classes))
+  for c in range(num_classes):
+    members = np.flatnonzero(mask & (labels == c))
+    y[members, c] = 1 / members.size
+  z = np.linalg.solve(np.eye(n) - alpha * wn, y)
+  zc = np.maximum(z, 0)
+  probs = zc / zc.sum(1, keepdims=True)
+  entropy = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1)), 0), 1)
+  omega = 1 - entropy / np.log(num_classes)
+  omega /= omega.max()
+  pseudo = np.where(mask, labels, probs.argmax(1))
+  omega = np.where(mask, 1.0, omega)
+  zeta = (n / num_classes) / np.bincount(pseudo, minlength=num_classes)
+  return z, pseudo, omega, zeta
+
+
+# ----------------------------------------------------------------------------
+# kNN search.
+# ----------------------------------------------------------------------------
+def test_blocked_jax_search_equals_brute_force():
+  x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)  # Uses 16-wide runs.
+  sims, idx = knn_search(x, 5, backend='jax', block_size=96)  # Last block is partial.
+  ref_sims, ref_idx = _brute_force(x.astype(np.float64), 5)
+  np.testing.assert_array_equal(idx, ref_idx)
+  np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+
+
+def test_jax_and_faiss_give_the_same_neighbours():
+  x = np.random.default_rng(1).standard_normal((300, 16)).astype(np.float32)
+  jax_sims, jax_idx = knn_search(x, 7, backend='jax', block_size=64)
+  faiss_sims, faiss_idx = knn_search(x, 7, backend='faiss')
+  np.testing.assert_array_equal(jax_idx, faiss_idx)
+  np.testing.assert_allclose(jax_sims, faiss_sims, atol=1e-5)
+
+
+@pytest.mark.parametrize('backend', ['jax', 'faiss'])
+def test_self_is_excluded_even_with_exact_duplicates(backend):
+  x = np.random.default_rng(2).standard_normal((20, 4)).astype(np.float32)
+  x[5] = x[3]
+  x[7] = x[3]
+  _, idx = knn_search(x, 3, backend=backend)
+  assert not (idx == np.arange(20)[:, None]).any()
+  assert set(idx[3, :2]) == {5, 7} and set(idx[5, :2]) == {3, 7}
+
+
+def test_drop_self_removes_the_self_index_not_column_zero():
+  sims = np.array([[1.0, 1.0, 0.5], [1.0, 1.0, 1.0]], np.float32)
+  idx = np.array([[4, 0, 2], [0, 4, 3]])  # Row 0: self second; row 1: self absent.
+  kept_sims, kept = drop_self(sims, idx, 2)
+  np.testing.assert_array_equal(kept, [[4, 2], [0, 4]])
+  np.testing.assert_array_equal(kept_sims, [[1.0, 0.5], [1.0, 1.0]])
+
+
+# ----------------------------------------------------------------------------
+# The graph operator and conjugate gradient.
+# ----------------------------------------------------------------------------
+def test_graph_product_with_hub_tiles_equals_dense_matrix():
+  rng = np.random.default_rng(3)
+  x = 0.02 * rng.standard_normal((150, 256)).astype(np.float32)
+  x[:, 0] = 1.0  # In 256 dimensions the noise vectors are near orthogonal, so the
+  x[0, 1:] = 0.0  # noiseless image 0 is everyone's nearest: in-degree 149.
+  sims, idx = knn_search(x, 4, backend='jax')
+  assert (idx[1:, 0] == 0).all()
+  layout = knn_graph.layout(idx)
+  # Row 0 holds 149 entries: 8 in the first table (k + 4), 141 in 9 tiles of 16.
+  assert layout.degree[0] == 149 and (layout.tile_row[:9] == 0).all() and layout.tile_row[9] > 0
+  graph = knn_graph.build(lp.affinities(jnp.asarray(sims), 3.0, True), layout)
+  np.testing.assert_allclose(knn_graph.dense(graph), _dense_graph(x, 4), atol=1e-6)
+
+
+def test_entry_sort_without_packing_agrees():
+  idx = np.random.default_rng(6).integers(0, 40, (40, 6))
+  for a, b in zip(knn_graph._sorted_readings(idx), knn_graph._sorted_readings(idx, pack=False)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_conjugate_gradient_matches_dense_solve_and_scipy_step_for_step():
+  rng = np.random.default_rng(4)
+  m = rng.standard_normal((12, 12))
+  a = m @ m.T + 12 * np.eye(12)
+  b = rng.standard_normal((12, 3))
+  matvec = lambda p: jnp.asarray(a, jnp.float32) @ p
+  solved = lp.conjugate_gradient(matvec, b, iterations=12, rtol=0.0)
+  np.testing.assert_allclose(solved, np.linalg.solve(a, b), rtol=1e-4, atol=1e-5)
+  three_steps = lp.conjugate_gradient(matvec, b, iterations=3)
+  for c in range(3):
+    ref, _ = scipy.sparse.linalg.cg(a, b[:, c], rtol=1e-6, maxiter=3)
+    np.testing.assert_allclose(three_steps[:, c], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_conjugate_gradient_stops_a_converged_column_like_scipy():
+  a = np.diag([1.0, 2.0, 4.0])
+  b = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # Each column is solved in one step.
+  out = lp.conjugate_gradient(lambda p: jnp.asarray(a, jnp.float32) @ p, b, iterations=20)
+  np.testing.assert_allclose(out, [[1.0, 0.0], [0.0, 0.0], [0.0, 0.25]], atol=1e-7)
+
+
+# ----------------------------------------------------------------------------
+# The whole propagation.
+# ----------------------------------------------------------------------------
+SIX_POINTS = np.array([[1.0, 0.1], [1.0, 0.3], [0.9, 0.4], [0.1, 1.0], [0.3, 1.0], [0.5, 0.9]],
+                      np.float32)
+
+
+def test_six_point_graph_matches_hand_computation():
+  labels = np.array([0, -1, -1, 1, -1, -1])
+  mask = labels >= 0
+  out = lp.label_propagation(SIX_POINTS, labels, mask, 2, k=2, cg_iterations=20,
+                             knn_backend='jax')
+  z, pseudo, omega, zeta = _dense_reference(SIX_POINTS, labels, mask, 2, k=2)
+  np.testing.assert_allclose(out.scores, z, rtol=1e-4)
+  np.testing.assert_array_equal(out.pseudo_labels, [0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(out.pseudo_labels, pseudo)
+  np.testing.assert_allclose(out.weights, omega, atol=1e-5)
+  np.testing.assert_allclose(out.class_weights, zeta)  # (6 / 2) / 3 = 1 for both classes.
+  assert out.weights[0] == 1.0 and out.weights[3] == 1.0
+
+
+def test_certainty_weights_by_hand():
+  z = jnp.array([[2.0, 0.0], [1.0, 1.0], [0.0, 0.0], [3.0, 1.0], [-1.0, 0.5]])
+  pseudo, omega = lp.certainty(z)
+  h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))  # Row 3: z_hat = (0.75, 0.25).
+  # Row 4 clips to (0, 0.5) -> (0, 1): certain. Row 2: nothing arrived -> 0.
+  np.testing.assert_allclose(omega, [1.0, 0.0, 0.0, 1 - h / np.log(2), 1.0], atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(pseudo)[[0, 3, 4]], [0, 0, 1])
+
+
+def test_class_weights_count_pseudo_labels():
+  x = np.concatenate([SIX_POINTS, [[0.95, 0.2], [0.2, 0.95]]]).astype(np.float32)
+  labels = np.array([0, -1, -1, 1, -1, -1, -1, -1])
+  out = lp.label_propagation(x, labels, labels >= 0, 2, k=2, knn_backend='jax')
+  counts = np.bincount(np.asarray(out.pseudo_labels), minlength=2)
+  np.testing.assert_allclose(out.class_weights, (8 / 2) / counts)
+
+
+def test_unreachable_image_gets_zero_weight_not_nan():
+  # Images 6 and 7 only see each other (k=1): no path to a label. Image 8 points
+  # away from all: its one affinity is clipped to 0, so it has no edge at all.
+  x = np.concatenate([SIX_POINTS, [[-1.0, 0.02], [-1.0, -0.02], [0.0, -1.0]]]).astype(np.float32)
+  labels = np.array([0, -1, -1, 1, -1, -1, -1, -1, -1])
+  out = lp.label_propagation(x, labels, labels >= 0, 2, k=1, knn_backend='jax')
+  assert np.isfinite(np.asarray(out.weights)).all() and np.isfinite(np.asarray(out.scores)).all()
+  np.testing.assert_array_equal(np.asarray(out.weights)[6:], 0.0)
+  assert (np.asarray(out.weights)[:6] > 0).all()
+
+
+def test_reference_mode_keeps_negative_affinities():
+  # Three clusters of 30 at 120 degrees: the 33 nearest hold 3 from other clusters, cos ~ -0.5.
+  rng = np.random.default_rng(5)
+  angle = 2 * np.pi * np.arange(3) / 3
+  truth = np.repeat(np.arange(3), 30)
+  x = 0.1 * rng.standard_normal((90, 4))
+  x[:, 0] += np.cos(angle)[truth]
+  x[:, 1] += np.sin(angle)[truth]
+  mask = np.isin(np.arange(90), [0, 30, 60])
+  sims, idx = knn_search(x.astype(np.float32), 32)
+  assert (sims < 0).any()  # Negative affinities exist: the setting matters.
+  unclipped = lp.propagate(sims, idx, truth, mask, 3, clip_negative=False, cg_iterations=90)
+  z, pseudo, omega, _ = _dense_reference(x, truth, mask, 3, 32, clip=False)
+  np.testing.assert_allclose(unclipped.scores, z, rtol=1e-3, atol=1e-5)
+  np.testing.assert_array_equal(unclipped.pseudo_labels, pseudo)
+
+
+# ----------------------------------------------------------------------------
+# Bad input and the loss.
+# ----------------------------------------------------------------------------
+def test_bad_input_names_the_value():
+  labels = np.array([0, -1, -1, 1, -1, -1])
+  with pytest.raises(ValueError, match=r'labels has shape \(7,\) but there are 6 images'):
+    lp.label_propagation(SIX_POINTS, np.append(labels, 0), np.append(labels >= 0, True), 2, k=2)
+  with pytest.raises(ValueError, match='class 1 has no labeled image'):
+    lp.label_propagation(SIX_POINTS, np.where(labels == 1, -1, labels), labels == 0, 2, k=2)
+  bad = SIX_POINTS.copy()
+  bad[4, 1] = np.nan
+  with pytest.raises(ValueError, match='1 NaN/inf values in 1 rows .first: row 4'):
+    lp.label_propagation(bad, labels, labels >= 0, 2, k=2)
+  with pytest.raises(ValueError, match='k=6 must be in'):
+    lp.label_propagation(SIX_POINTS, labels, labels >= 0, 2, k=6)
+  with pytest.raises(ValueError, match='label 2, outside'):
+    lp.label_propagation(SIX_POINTS, np.where(labels == 1, 2, labels), labels >= 0, 2, k=2)
+
+
+def test_weighted_cross_entropy_by_hand():
+  logits = jnp.array([[0.0, np.log(3.0)], [0.0, 0.0], [5.0, 5.0]])
+  targets = jnp.array([0, 1, 0])
+  # CE: log 4, log 2, log 2; weights omega * zeta[y]: 0.5 * 2, 1 * 1, 0 * 2.
+  loss = lp.weighted_cross_entropy(logits, targets, jnp.array([0.5, 1.0, 0.0]),
+                                   jnp.array([2.0, 1.0]))
+  np.testing.assert_allclose(loss, (np.log(4.0) + np.log(2.0)) / 3, rtol=1e-6)
+  grad = jax.grad(lambda l: lp.weighted_cross_entropy(l, targets, jnp.ones(3), jnp.ones(2)))(logits)
+  np.testing.assert_allclose(grad[1], [1 / 6, -1 / 6], rtol=1e-6)
