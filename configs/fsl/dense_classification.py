@@ -14,8 +14,12 @@ plus Lake's 20 one-shot runs; the last checkpoint is kept, nothing is chosen on 
     --config.data_dir=../shared/data/omniglot --workdir=workdirs/omniglot_conv4_dc
 
   and `head=gap` for the GAP baseline with the same recipe and seed;
-  `--config.wide_control.width=16` for the DC+WIDE control of implanting. The numbers
-  it reaches are in README.md ("Few-shot results on Omniglot").
+  `--config.wide_control.width=16` for the DC+WIDE control of implanting. Measured
+  (10,000 episodes, 5-way 1-shot / 5-shot accuracy %, Lake 20-way one-shot error):
+    DC       90.77 ± 0.15 / 97.06 ± 0.06, Lake 24.00%   (3-5 min on 2 CPU cores)
+    GAP      90.60 ± 0.15 / 97.06 ± 0.06, Lake 25.25%
+    DC+WIDE  91.01 ± 0.15 / 97.15 ± 0.06, Lake 24.75%
+  `quick` (8 epochs, 1,000 episodes; `make quickstart`) reached 86.0 / 94.6 with DC.
 
 miniImageNet (the paper's setting: ResNet-12 64-128-256-512, 84x84, 64 base classes,
 16 validation classes choose the kept checkpoint by 5-way 1-shot accuracy, 20 test classes):

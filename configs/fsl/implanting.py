@@ -10,7 +10,10 @@ Omniglot (CPU), on top of the DC run of the README:
     --config.base_workdir=workdirs/omniglot_conv4_dc --config.data_dir=../shared/data/omniglot \
     --workdir=workdirs/omniglot_conv4_imp
 
-  Results in README.md ("Few-shot results on Omniglot").
+  Measured with --config.eval.episodes=400 --config.eval.batch_episodes=1 (~0.5 s
+  per episode on 2 CPU cores): 5-way 5-shot DC 97.23 ± 0.27, DC+IMP 98.10 ± 0.22,
+  paired gain +0.87 ± 0.17. On CPU keep batch_episodes small: vmapped per-episode
+  convolutions become grouped convolutions, which XLA's CPU backend runs slowly.
 
 miniImageNet (GPU), ResNet-12 base, implants in the last block:
 

@@ -9,8 +9,13 @@ Fashion-MNIST, 1,000 balanced labels drawn with seed 0 (CPU, minutes per method)
     --config=configs/ssl/semi_supervised.py:dataset=fashion_mnist,labels=1000,method=dlp \
     --workdir=workdirs/fmnist_dlp
 
-  with method in supervised, mt, dlp, mt_dlp. Test errors: README.md
-  ("Semi-supervised results on Fashion-MNIST").
+  with method in supervised, mt, dlp, mt_dlp (dlp and mt_dlp may start from the
+  supervised / mt workdir with --config.init_workdir=...). Measured test error %
+  (student / teacher): supervised 16.34, mt 15.71 / 15.39, dlp 15.22, mt_dlp
+  14.71 / 14.39; 5-10 minutes each on 2 CPU cores.
+
+digits, 100 labels: dataset=digits,labels=100: supervised 4.46%, dlp 3.34% test error
+  (benchmarks/digits_label_spreading.py compares with scikit-learn's LabelSpreading).
 
 CIFAR-10, 4,000 labels, CNN-13 (GPU; the paper: DLP 12.69% error, MT+DLP 10.61%):
 
