@@ -14,9 +14,10 @@ Matches CuriousAI/mean-teacher `pytorch/` (`main.py`, `mean_teacher/ramps.py`,
 - the learning rate ramps up linearly, then follows a cosine to 0 at
   `rampdown_epochs` (training stops earlier, at 180 of 210 epochs).
 
-The reference losses return sums that its training loop divides by the
-minibatch size (labeled and unlabeled images together); the functions here
-return that quotient directly, i.e. a mean over the batch.
+The reference losses return sums over the batch (divided by the number of
+classes) that its training loop divides by the minibatch size, labeled and
+unlabeled images together; the functions here return that quotient directly:
+a mean over batch and classes.
 """
 import jax
 import jax.numpy as jnp
