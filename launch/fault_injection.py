@@ -114,11 +114,46 @@ def case_bad_value(config: str, name: str, override: str, field: str):
           code != 0 and field in out and early)
 
 
+def case_same_seed(config: str, name: str):
+  first, second, other = fresh(f'{name}_a'), fresh(f'{name}_b'), fresh(f'{name}_seed1')
+  for workdir in (first, second):
+    run(command(config, workdir))
+  run(command(config, other, '--config.seed=1'))
+  same = results(first) == results(second) and results(first) is not None
+  differs = results(other) != results(first)
+  return ('same seed: identical results.json; seed 1 differs',
+          f'identical: {same}, seed 1 differs: {differs}', same and differs)
+
+
+def case_crash_while_writing(config: str, name: str):
+  """A process killed inside Orbax's write leaves `<step>.orbax-checkpoint-tmp-*`
+  holding partial files; the restart must ignore it and resume from the last
+  complete checkpoint."""
+  reference = fresh(f'{name}_reference')
+  run(command(config, reference))
+  workdir = fresh(name)
+  run(command(config, workdir), kill_after_line='step 40/', sig=signal.SIGKILL)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  complete = max(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  partial = os.path.join(ckpt_dir, f'{complete + 30}.orbax-checkpoint-tmp-1')
+  os.makedirs(os.path.join(partial, 'default'))
+  with open(os.path.join(partial, 'default', 'manifest.ocdbt'), 'wb') as f:
+    f.write(b'\x00partial')
+  code, out = run(command(config, workdir))
+  same = results(workdir) == results(reference) and results(reference) is not None
+  resumed = f'Resumed from step {complete}' in out
+  return ('partial checkpoint ignored, last complete one resumed, identical results',
+          f'exit {code}, resumed from {complete}: {resumed}, identical: {same}',
+          code == 0 and resumed and same)
+
+
 CASES = {
     'sigkill_fsl': lambda: case_kill_and_resume(FSL, 'sigkill_fsl', 'step 40/'),
     'sigkill_ssl_mid_epoch': lambda: case_kill_and_resume(SSL, 'sigkill_ssl', '[mt] step 25/'),
     'sigkill_ssl_propagation': lambda: case_kill_and_resume(SSL, 'sigkill_ssl_lp',
                                                             'pseudo_label_accuracy'),
+    'crash_while_writing_checkpoint': lambda: case_crash_while_writing(FSL, 'crash_write'),
+    'same_seed_fsl': lambda: case_same_seed(FSL, 'same_seed'),
     'sigterm_fsl': lambda: case_sigterm(FSL, 'sigterm_fsl', 'step 10/'),
     'truncated_checkpoint_fsl': lambda: case_truncated_checkpoint(FSL, 'truncated_fsl'),
     'nan_loss_fsl': lambda: case_nan_loss(FSL, 'nan_fsl'),
