@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototypes
-from groundwork.evaluation import mean_ci95
+from groundwork.evaluation import map_in_batches, mean_ci95
 
 SCORINGS = ('pooled', 'dense')
 Progress = Callable[[int, int], None]
@@ -141,18 +141,9 @@ def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], images: np.nda
 
   `embed_fn` maps a batch `[b, ...]` to an array `[b, ...]` (e.g. pooled features).
   """
-  n = len(images)
-  if n == 0:
+  if len(images) == 0:
     raise ValueError('embed_in_batches: no images to embed.')
-  batch_size = min(batch_size, n)
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
-    out.append(np.asarray(embed_fn(chunk))[:batch_size - pad])
-  return np.concatenate(out)
+  return map_in_batches(embed_fn, images, batch_size)
 
 
 def lake_oneshot_error(embed_fn: Callable[[np.ndarray], jax.Array],

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from groundwork import training
+from groundwork.evaluation import map_in_batches
 from groundwork.data import augment, augment_batch, augment_spec_for, two_stream_batches
 from groundwork.encoders import WeightNormDense, build_encoder
 from semisup import datasets
@@ -159,20 +160,8 @@ def make_apply_fns(config):
   return student, teacher
 
 
-def in_batches(fn, state, images: np.ndarray, batch_size: int):
-  """`fn(state, batch)` over `images` (last batch padded); returns the concatenated outputs."""
-  outs = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, axis=0)])
-    outs.append(jax.tree.map(lambda a: np.asarray(a)[:len(a) - pad], fn(state, chunk)))
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
-
-
 def test_error(state, fn, test, batch_size) -> float:
-  logits, _ = in_batches(fn, state, test.images, batch_size)
+  logits, _ = map_in_batches(lambda b: fn(state, b), test.images, batch_size)
   return float(np.mean(np.argmax(logits, -1) != test.labels))
 
 
@@ -185,7 +174,8 @@ def mean_teacher_schedule(optim, steps_per_epoch: int, stage_epochs: int):
 
 def propagate(state, config, student, train, labeled_idx):
   """Pseudo-labels, certainty weights and class weights for every training image."""
-  _, features = in_batches(student, state, train.images, config.eval_batch_size)
+  _, features = map_in_batches(lambda b: student(state, b), train.images,
+                               config.eval_batch_size)
   known = np.full(len(train.labels), -1, np.int32)
   known[labeled_idx] = train.labels[labeled_idx]
   result = label_propagation(

@@ -155,3 +155,20 @@ def test_batch_size_must_divide_over_devices():
   if mesh.devices.size > 1:
     with pytest.raises(ValueError, match='not divisible'):
       training.check_batch_size(mesh.devices.size + 1, mesh)
+
+
+def test_map_in_batches_pads_the_last_batch_and_keeps_tuples():
+  from groundwork.evaluation import map_in_batches  # pylint: disable=import-outside-toplevel
+  seen = []
+
+  def fn(batch):
+    seen.append(batch.shape)
+    return batch * 2, batch.sum(axis=1)
+
+  images = np.arange(14, dtype=np.float32).reshape(7, 2)
+  doubled, sums = map_in_batches(fn, images, 3)
+  assert seen == [(3, 2)] * 3  # One shape: a jitted fn compiles once.
+  np.testing.assert_array_equal(doubled, images * 2)
+  np.testing.assert_array_equal(sums, images.sum(axis=1))
+  with pytest.raises(ValueError, match='no images'):
+    map_in_batches(fn, images[:0], 3)
