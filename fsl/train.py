@@ -124,7 +124,10 @@ def embed_fn(state: training.TrainState, config):
 # ----------------------------------------------------------------------------
 # Evaluation on novel classes: fixed seeded episodes, mean and 95% CI.
 # ----------------------------------------------------------------------------
-def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progress=None) -> dict:
+def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progress=None,
+                      per_episode: dict | None = None) -> dict:
+  """Summaries per setting; fills `per_episode` with each setting's accuracies if given."""
+  per_episode = {} if per_episode is None else per_episode
   embed = embed_fn(state, config)
   maps, pooled = None, None
   if config.eval.scoring == 'dense':
@@ -140,6 +143,7 @@ def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progres
                                     n_way=config.eval.n_way,
                                     batch_size=config.eval.batch_episodes, progress=progress)
     results[f'{config.eval.n_way}way_{k_shot}shot'] = summarize(accuracies)
+    per_episode[f'{config.eval.n_way}way_{k_shot}shot'] = accuracies
   return results
 
 
@@ -158,9 +162,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dic
           f'`python launch/train.py --config=... --workdir={workdir}`.')
     state = restored[0]
   print(f'Evaluating {config.eval.episodes} episodes per setting on {data.novel_name}...')
+  per_episode = {}
   results = {'fewshot': evaluate_episodes(state, config, data.novel, config.eval.shots,
                                           config.eval.episodes, config.eval.seed,
-                                          progress=print_progress)}
+                                          progress=print_progress, per_episode=per_episode)}
+  # Per-episode accuracies, so two methods on the same episode list compare paired
+  # (benchmarks/paired_comparison.py).
+  np.savez(os.path.join(workdir, 'episode_accuracies.npz'), **per_episode)
   if data.lake_runs:
     embed = embed_fn(state, config)
     results['lake_oneshot'] = lake_oneshot_error(lambda b: embed(b)[0], data.lake_runs)
