@@ -67,3 +67,14 @@ def labeled_indices(config: ml_collections.ConfigDict, train: gdata.ImageDataset
     raise ValueError(f'config.labels={config.labels} exceeds the {len(train.labels)} training '
                      'images.')
   return gdata.balanced_labeled_indices(train.labels, config.labels, config.seed)
+
+
+def split_indices(config: ml_collections.ConfigDict,
+                  train: gdata.ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+  """(labelled, unlabelled) indices of the training images."""
+  labeled = labeled_indices(config, train)
+  unlabeled = np.setdiff1d(np.arange(len(train.labels)), labeled)
+  if len(unlabeled) == 0:
+    raise ValueError(f'config.labels={config.labels} labels every training image; nothing is '
+                     'left unlabelled.')
+  return labeled, unlabeled

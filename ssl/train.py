@@ -190,6 +190,25 @@ def propagate(state, config, student, train, labeled_idx):
 # ----------------------------------------------------------------------------
 # The run: stages of epochs, checkpointed, resumable.
 # ----------------------------------------------------------------------------
+def pseudo_label_accuracy(pseudo_labels, train, unlabeled_idx) -> float:
+  return float(np.mean(np.asarray(pseudo_labels)[unlabeled_idx] == train.labels[unlabeled_idx]))
+
+
+def final_results(config, workdir, state, extra, apply_fns, train, test, unlabeled_idx) -> dict:
+  """results.json, from the state and the checkpointed pseudo-labels alone, so a
+  resumed or re-evaluated run writes the same file as an uninterrupted one."""
+  student, teacher = apply_fns
+  stages = METHODS[config.method]
+  results = {'test': {'error': test_error(state, student, test, config.eval_batch_size)}}
+  if any(stage in MEAN_TEACHER_STAGES for stage in stages):
+    results['test']['error_teacher'] = test_error(state, teacher, test, config.eval_batch_size)
+  if any(stage in PROPAGATION_STAGES for stage in stages):
+    results['pseudo_label_accuracy'] = pseudo_label_accuracy(extra['pseudo_labels'], train,
+                                                             unlabeled_idx)
+  training.write_json(os.path.join(workdir, 'results.json'), results)
+  return results
+
+
 def initial_extra(num_images: int, num_classes: int) -> dict:
   """What a checkpoint holds beside the state: the stage, where its steps began,
   and the current pseudo-labels, so a resumed run reuses them instead of re-drawing."""
@@ -227,11 +246,7 @@ def stage_one_from(config, state, extra, labeled_idx, unlabeled_idx):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   train, test = datasets.load(config)
-  labeled_idx = datasets.labeled_indices(config, train)
-  unlabeled_idx = np.setdiff1d(np.arange(len(train.labels)), labeled_idx)
-  if len(unlabeled_idx) == 0:
-    raise ValueError(f'config.labels={config.labels} labels every training image; nothing is '
-                     'left unlabelled.')
+  labeled_idx, unlabeled_idx = datasets.split_indices(config, train)
   if config.lp.k >= len(train.labels):
     raise ValueError(f'config.lp.k={config.lp.k} must be smaller than the '
                      f'{len(train.labels)} training images.')
@@ -255,7 +270,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   student, teacher = make_apply_fns(config)
   spec = augment_spec_for(config.dataset, train=True, **config.augment)
   logger = None
-  results: dict = {}
 
   with training.StopRequest() as stop:
     for stage_index in range(int(extra['stage']), len(stages)):
@@ -286,9 +300,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           pseudo, weights, class_weights = propagate(state, config, student, train, labeled_idx)
           extra = {**extra, 'pseudo_labels': pseudo, 'weights': weights,
                    'class_weights': class_weights}
-          accuracy = float(np.mean(pseudo[unlabeled_idx] == train.labels[unlabeled_idx]))
-          logger.log(int(state.step) - stage_start, {'pseudo_label_accuracy': accuracy})
-          results['pseudo_label_accuracy'] = accuracy
+          logger.log(int(state.step) - stage_start, {
+              'pseudo_label_accuracy': pseudo_label_accuracy(pseudo, train, unlabeled_idx)})
         if stage in PROPAGATION_STAGES:
           labels, weights = np.asarray(extra['pseudo_labels']), np.asarray(extra['weights'])
           class_weights = np.asarray(extra['class_weights'])
@@ -325,10 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           checkpoints.save(int(state.step), state, extra)
       logger.flush()
 
-  results['test'] = {'error': test_error(state, student, test, config.eval_batch_size)}
-  if any(s in MEAN_TEACHER_STAGES for s in stages):
-    results['test']['error_teacher'] = test_error(state, teacher, test, config.eval_batch_size)
-  training.write_json(os.path.join(workdir, 'results.json'), results)
+  results = final_results(config, workdir, state, extra, (student, teacher), train, test,
+                          unlabeled_idx)
   print(f'Test error: {results["test"]}; pseudo-label accuracy: '
         f'{results.get("pseudo_label_accuracy", "n/a")}')
   return results
@@ -344,10 +355,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored = training.Checkpointer(workdir).restore(state, extra)
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: train first.')
-  state = restored[0]
-  student, teacher = make_apply_fns(config)
-  results = {'test': {'error': test_error(state, student, test, config.eval_batch_size)}}
-  if config.method in ('mt', 'mt_dlp'):
-    results['test']['error_teacher'] = test_error(state, teacher, test, config.eval_batch_size)
-  training.write_json(os.path.join(workdir, 'results.json'), results)
-  return results
+  _, unlabeled_idx = datasets.split_indices(config, train)
+  return final_results(config, workdir, restored[0], restored[1], make_apply_fns(config), train,
+                       test, unlabeled_idx)
