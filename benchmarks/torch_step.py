@@ -8,6 +8,9 @@ JSON line on stdout:
   {"cmd": "time", "steps": n}  runs n training steps; answers {"seconds": s}.
   {"cmd": "matmul", "n": n}  times one n x n float32 matmul; answers {"seconds": s}.
   {"cmd": "quit"}
+On a GPU ("device": "cuda" in the case) the network and inputs live on the GPU in channels-last
+layout, TF32 is allowed for matmuls as it is for cuDNN convolutions (JAX's default precision on
+GPU), "dtype": "bfloat16" runs the forward under autocast, and the timers synchronise first.
 The step mirrors fsl.train.train_step: normalise, forward in train mode (BatchNorm statistics
 update), cosine classifier on the feature map ('dc', every position) or the pooled feature
 ('gap'), cross-entropy, backward, SGD with Nesterov momentum 0.9 and coupled weight decay.
@@ -125,22 +128,33 @@ class FewShotNet(nn.Module):
 class Worker:
     def setup(self, case: dict, inputs: str) -> dict:
         torch.manual_seed(0)
+        self.device = torch.device(case.get("device", "cpu"))
+        self.autocast_dtype = torch.bfloat16 if case.get("dtype") == "bfloat16" else None
+        layout = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
         images = np.load(f"{inputs}/images.npy")
-        self.labels = torch.from_numpy(np.load(f"{inputs}/labels.npy").astype(np.int64))
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # uint8 NCHW
+        self.labels = torch.from_numpy(np.load(f"{inputs}/labels.npy").astype(np.int64)).to(
+            self.device)
+        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(  # uint8 NCHW
+            self.device, memory_format=layout)
         enc = encoder(case["encoder"], images.shape[-1], case["encoder_kwargs"])
         with torch.no_grad():
             feat = enc(torch.zeros(1, *self.images.shape[1:])).shape[1]
-        self.model = FewShotNet(enc, feat, case["num_classes"], case["head"]).train()
+        self.model = FewShotNet(enc, feat, case["num_classes"], case["head"]).train().to(
+            self.device, memory_format=layout)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9,
                                    nesterov=True, weight_decay=5e-4)
-        self.mean = torch.tensor(case["mean"]).view(1, -1, 1, 1)
-        self.std = torch.tensor(case["std"]).view(1, -1, 1, 1)
+        self.mean = torch.tensor(case["mean"], device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(case["std"], device=self.device).view(1, -1, 1, 1)
         return {"params": sum(p.numel() for p in self.model.parameters())}
 
     def step(self) -> None:
         x = (self.images.float() / 255.0 - self.mean) / self.std
-        logits = self.model(x)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            logits = self.model(x).float()
         b, h, w, k = logits.shape
         labels = self.labels[:, None, None].expand(b, h, w)
         loss = F.cross_entropy(logits.reshape(-1, k), labels.reshape(-1))
@@ -149,17 +163,28 @@ class Worker:
         self.opt.step()
 
     def time(self, steps: int) -> dict:
+        _synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
             self.step()
+        _synchronize(self.device)
         return {"seconds": time.perf_counter() - start}
 
 
-def matmul_seconds(n: int) -> dict:
-    a = torch.randn(n, n)
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_seconds(n: int, device: str = "cpu") -> dict:
+    device = torch.device(device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # As JAX's default precision on GPU.
+    a = torch.randn(n, n, device=device)
     a @ a
+    _synchronize(device)
     start = time.perf_counter()
     a @ a
+    _synchronize(device)
     return {"seconds": time.perf_counter() - start}
 
 
@@ -174,7 +199,7 @@ def main() -> None:
         elif msg["cmd"] == "time":
             reply = worker.time(msg["steps"])
         elif msg["cmd"] == "matmul":
-            reply = matmul_seconds(msg["n"])
+            reply = matmul_seconds(msg["n"], msg.get("device", "cpu"))
         else:
             reply = {"error": f"unknown command {msg['cmd']!r}"}
         reply["threads"] = torch.get_num_threads()

@@ -12,6 +12,12 @@ the machine's peak, measured here as the best of a few 4096^3 float32 matmuls in
   python benchmarks/train_speed.py --torch-python=/path/to/venv/bin/python --out=DIR
   python benchmarks/train_speed.py --quick --out=/tmp/bench   # smoke check, ~1 minute
 
+On a GPU: `--device=gpu` leaves JAX on its default (CUDA) backend and runs the PyTorch side on
+cuda (channels-last, TF32 matmuls allowed as for cuDNN convolutions); `--dtype=bfloat16` sets the
+encoders' compute dtype in JAX and autocast in PyTorch. The peak is then the fp32 (TF32) matmul.
+
+  python benchmarks/train_speed.py --device=gpu --dtype=bfloat16 --jax-conv=auto,xla --out=DIR
+
 `--jax-conv=auto,xla` also times the plain XLA convolution path (see
 groundwork/encoders/fast_conv.py) next to the default one. Writes DIR/train_speed.json and
 DIR/train_speed.png.
@@ -75,7 +81,7 @@ def fsl_config():
     return module.get_config("dataset=miniimagenet")
 
 
-def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str):
+def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dtype: str):
     """Jitted real train step, its state and device inputs; forward FLOPs per image."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -89,6 +95,8 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str):
     config = fsl_config()
     config.encoder, config.head = case.encoder, case.head
     config.encoder_kwargs = ml_collections.ConfigDict(dict(case.encoder_kwargs))
+    if dtype != "float32":
+        config.encoder_kwargs.dtype = jnp.dtype(dtype)
     model = fsl_train.build_model(config, case.num_classes)
     tx, _ = training.make_optimizer(config.optim, 1000)  # lr schedule: irrelevant here
     state = fsl_train.create_state(config, model, images.shape[1:], tx)
@@ -102,9 +110,13 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str):
     compiled = step.lower(state, x, y, keys[0]).compile()
     compile_s = time.perf_counter() - start
 
+    # Counted by XLA's CPU cost analysis on every platform: compiled for a GPU,
+    # convolutions become library calls that the cost analysis does not count.
+    forward_args = jax.device_put(
+        ({"params": state.params, "batch_stats": state.batch_stats},
+         jnp.zeros((1, *images.shape[1:]), jnp.float32)), jax.devices("cpu")[0])
     forward = jax.jit(lambda v, im: model.apply(v, im, train=False)).lower(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        jnp.zeros((1, *images.shape[1:]), jnp.float32)).compile()
+        *forward_args).compile()
     cost = forward.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     holder = {"state": state, "i": 0}
@@ -178,7 +190,8 @@ def steps_for(seconds_per_step: float, min_seconds: float) -> int:
 
 
 def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], repeats: int,
-               min_seconds: float, workdir: str) -> dict:
+               min_seconds: float, workdir: str, device: str = "cpu",
+               dtype: str = "float32") -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (case.batch, case.image_size, case.image_size, case.channels),
                           dtype=np.uint8)
@@ -188,11 +201,13 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
     mean, std = MEAN_STD[case.channels]
     torch_info = worker.call(cmd="setup", inputs=workdir, case=dict(
         encoder=case.encoder, encoder_kwargs=dict(case.encoder_kwargs), head=case.head,
-        num_classes=case.num_classes, mean=mean, std=std))
+        num_classes=case.num_classes, mean=mean, std=std,
+        device="cuda" if device == "gpu" else "cpu", dtype=dtype))
 
     runners, flops, compile_s, params = {}, 0.0, {}, 0
     for conv in convs:
-        runners[conv], flops, compile_s[conv], params = jax_setup(case, images, labels, conv)
+        runners[conv], flops, compile_s[conv], params = jax_setup(case, images, labels, conv,
+                                                                  dtype)
     # Warm-up: one step each, which also sizes a repeat to last at least min_seconds.
     steps = {f"jax_{c}": steps_for(r(1), min_seconds) for c, r in runners.items()}
     steps["torch"] = steps_for(worker.call(cmd="time", steps=1)["seconds"], min_seconds)
@@ -217,10 +232,11 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
     return result
 
 
-def peak_gflops(worker: TorchWorker, n: int, tries: int) -> dict:
+def peak_gflops(worker: TorchWorker, n: int, tries: int, device: str = "cpu") -> dict:
     flop = 2.0 * n**3
     jax_best = min(jax_matmul_seconds(n) for _ in range(tries))
-    torch_best = min(worker.call(cmd="matmul", n=n)["seconds"] for _ in range(tries))
+    torch_best = min(worker.call(cmd="matmul", n=n, device="cuda" if device == "gpu" else "cpu")
+                     ["seconds"] for _ in range(tries))
     return {"n": n, "jax": flop / jax_best / 1e9, "torch": flop / torch_best / 1e9}
 
 
@@ -275,12 +291,18 @@ def main() -> None:
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch (default: $BENCH_TORCH_PYTHON, else this one)")
     parser.add_argument("--matmul-n", type=int, default=4096)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                        help="cpu pins JAX to its CPU backend and PyTorch to the CPU; gpu uses "
+                        "JAX's default accelerator backend and PyTorch on cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="encoder compute dtype (PyTorch: autocast)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--quick", action="store_true", help="two tiny cases, a smoke check")
     args = parser.parse_args()
 
     sys.path.insert(0, ROOT)
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.device == "cpu":
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.quick:
         cases, args.repeats, args.min_seconds, args.matmul_n = QUICK_CASES, 2, 0.2, 1024
     elif args.cases == "all":
@@ -294,20 +316,26 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
 
     import jax  # pylint: disable=import-outside-toplevel
+    if args.device == "gpu" and jax.default_backend() != "gpu":
+        raise SystemExit(f"--device=gpu but JAX's backend is {jax.default_backend()!r}: install "
+                         "the CUDA build of jax (README) or leave JAX_PLATFORMS unset.")
     worker = TorchWorker(torch_python(args.torch_python))
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), backend=jax.default_backend(),
                 jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
                 torch_threads=worker.call(cmd="matmul", n=64)["threads"],
-                loadavg_start=os.getloadavg(), repeats=args.repeats, jax_conv=convs)
+                loadavg_start=os.getloadavg(), repeats=args.repeats, jax_conv=convs,
+                device=args.device, dtype=args.dtype,
+                accelerator=str(jax.devices()[0].device_kind))
     start = time.perf_counter()
-    peak = peak_gflops(worker, args.matmul_n, 3)
+    peak = peak_gflops(worker, args.matmul_n, 3, args.device)
     print(f"matmul {args.matmul_n}^3 fp32: jax {peak['jax']:.0f}, torch {peak['torch']:.0f} "
           f"GFLOP/s; load average {info['loadavg_start']}", flush=True)
     best_peak = max(peak["jax"], peak["torch"])
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name, case in cases.items():
-            r = bench_case(name, case, worker, convs, args.repeats, args.min_seconds, workdir)
+            r = bench_case(name, case, worker, convs, args.repeats, args.min_seconds, workdir,
+                           args.device, args.dtype)
             r["percent_of_peak"] = {k: 100 * g / best_peak for k, g in r["gflops"].items()}
             results[name] = r
             # Rewritten after every case, so an interrupted run keeps what it measured.
@@ -317,7 +345,8 @@ def main() -> None:
     worker.close()
     print_table(results, best_peak)
     bar_chart(results, os.path.join(args.out, "train_speed.png"),
-              f"one SGD training step, {info['cpus']} CPUs, load {info['loadavg_start'][0]:.1f}")
+              f"one SGD training step, {info['accelerator']} ({args.dtype}), {info['cpus']} CPUs, "
+              f"load {info['loadavg_start'][0]:.1f}")
     print(f"wrote {args.out}/train_speed.json and train_speed.png ({info['seconds']:.0f} s)")
 
 

@@ -114,10 +114,19 @@ def episode_accuracies(features: jax.Array, episodes: EpisodesLike, *,
   features = jnp.asarray(features)
   maps = jnp.asarray(maps) if scoring == 'dense' else None
   # The dataset arrays are arguments, not closed-over constants, so XLA never embeds them.
-  batch = jax.jit(jax.vmap(functools.partial(_episode_accuracy, n_way=n_way, scoring=scoring),
-                           in_axes=(None, None, 0, 0, 0, 0)))
-  return run_episode_batches(lambda s, q, sl, ql, _: batch(features, maps, s, q, sl, ql),
-                             episodes, batch_size, progress)
+  return run_episode_batches(
+      lambda s, q, sl, ql, _: _episode_batch(features, maps, s, q, sl, ql, n_way=n_way,
+                                             scoring=scoring),
+      episodes, batch_size, progress)
+
+
+# One jitted function for every call (jit caches per shape and n_way/scoring), so
+# evaluating several checkpoints or shot counts compiles once, not once per call.
+@functools.partial(jax.jit, static_argnames=('n_way', 'scoring'))
+def _episode_batch(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):
+  one = functools.partial(_episode_accuracy, n_way=n_way, scoring=scoring)
+  return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0))(features, maps, s_idx, q_idx, s_lab,
+                                                         q_lab)
 
 
 def _episode_accuracy(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):

@@ -76,6 +76,7 @@ def test_gap_and_dc_heads_give_pooled_and_dense_logits():
 FOUR_DEVICES = r'''
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"  # Four fake CPU devices, also on a one-GPU machine.
 import functools, jax, numpy as np
 sys.path.insert(0, sys.argv[1])
 from tests.test_fsl_trainer import _config, _tiny_state, _batch
