@@ -4,7 +4,7 @@ The replica follows ahmetius/LP-DeepSSL `DBSS.update_plabels` step by step, on
 CPU: faiss `IndexFlatIP` kNN (k + 1, first column dropped), `D ** 3` without
 clipping, a scipy.sparse graph W + W^T, `normalize_connection_graph`, one
 `scipy.sparse.linalg.cg` per class (tol 1e-6, 20 iterations; scipy >= 1.12
-calls it rtol), negatives set to 0, L1 rows, `scipy.stats.entropy` weights,
+calls it rtol), the per-class ranks `cg_diffusion` computes, negatives set to 0, L1 rows, `scipy.stats.entropy` weights,
 argmax, labeled overrides and per-class weights.
 
 Both run on the same random-but-clustered features (unit-norm class centres
@@ -99,6 +99,7 @@ def reference_graph_and_diffusion(sims, idx, labels, labeled_mask, classes, k, a
     f, _ = scipy.sparse.linalg.cg(wnn, qsim[c, :], rtol=1e-6, maxiter=max_iter)
     out.append(f.reshape(-1, 1))
   cg_sims = np.concatenate(out, axis=1)
+  np.argsort(-cg_sims, axis=0)  # cg_diffusion also returns these ranks (unused by the caller).
   cg_sims[cg_sims < 0] = 0
   # torch.nn.functional.normalize(p=1, dim=1)
   probs = cg_sims / np.maximum(np.abs(cg_sims).sum(axis=1, keepdims=True), 1e-12)

@@ -14,6 +14,18 @@ Fashion-MNIST, 1,000 balanced labels drawn with seed 0 (CPU, minutes per method)
   (student / teacher): supervised 16.34, mt 15.71 / 15.39, dlp 15.22, mt_dlp
   14.71 / 14.39; 5-10 minutes each on 2 CPU cores.
 
+All 60,000 training images on one GPU (NVIDIA H100, ~2.5 min for the four methods side by
+side), 8 epochs per semi-supervised stage, seeds 0, 1, 2 (each its own label draw):
+
+  python launch/train.py \
+    --config=configs/ssl/semi_supervised.py:dataset=fashion_mnist,labels=1000,method=mt_dlp \
+    --config.seed=0 --config.train_subset=0 --config.epochs.mt=8 --config.epochs.dlp=8 \
+    --config.epochs.mt_dlp=8 --config.eval_every_epochs=4 --workdir=workdirs/fmnist_full_mt_dlp
+
+  test error % mean +- std over the 3 seeds: supervised 15.86 +- 0.41, mt 13.92 +- 0.25
+  (teacher 13.84), dlp 14.75 +- 0.89 (pseudo-label acc 85.6), mt_dlp 13.47 +- 0.28
+  (teacher 13.47, pseudo-label acc 86.7).
+
 digits, 100 labels: dataset=digits,labels=100: supervised 4.46%, dlp 3.34% test error
   (benchmarks/digits_label_spreading.py compares with scikit-learn's LabelSpreading).
 
