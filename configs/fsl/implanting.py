@@ -22,6 +22,11 @@ miniImageNet (GPU), ResNet-12 base, implants in the last block:
     --workdir=workdirs/mini_imp
 
   The paper reports DC+IMP 79.77 (5-shot) and 83.83 (10-shot) against DC 78.95 / 82.66.
+  Not run here (no copy of miniImageNet). Speed on an NVIDIA H100
+  (benchmarks/episode_speed.py): 66.7 episodes/s for ResNet-12 84x84 at
+  batch_episodes=64 after a ~110 s compile, so 10,000 episodes take ~3 minutes; that
+  batch needs ~62 GB of GPU memory (XLA could not rematerialise below it): on a smaller
+  GPU lower --config.eval.batch_episodes (memory grows linearly with it).
 
 Args: dataset (omniglot, miniimagenet, cifar_fs, fc100), smoke.
 """
