@@ -133,3 +133,39 @@ def test_wide_control_trains_every_layer_and_matches_implant_size():
   # Same parameters as Conv-4 plus the implants: 3*3*8*2 + 2 (conv) + 2*2 (BN).
   count = lambda tree: sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(tree))
   assert count(variables['params']) == count(base.init(jax.random.PRNGKey(1), x, train=False)['params']) + 150
+
+
+@pytest.mark.parametrize('base,layers,size', [
+    (ResNet12(widths=(4, 4, 4, 4)), ('conv1', 'conv2'), 32),
+    (Conv4(width=8), ('conv',), 16),
+])
+def test_implant_branch_on_the_cached_frozen_branch_equals_the_full_block(base, layers, size):
+  """Training steps run only the implants on a cached frozen branch: same output,
+  same implant gradients and BN statistics as the whole last block."""
+  from fsl.implanting import ImplantedEncoder  # pylint: disable=import-outside-toplevel
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 3))
+  frozen = _trained_like(base, x)
+  model = implanted_encoder(base, layers, width=2)
+  implants = init_implants(model, jax.random.PRNGKey(2), x)
+
+  def run(params, method, inputs):
+    variables = merge_implants(frozen, {'params': params, 'batch_stats': implants['batch_stats']})
+    (fmap, pooled), updated = model.apply(variables, inputs, True, method=method,
+                                          mutable=['batch_stats'])
+    return jnp.sum(fmap ** 2) + jnp.sum(jnp.sin(pooled)), (fmap, updated)
+
+  h = model.apply(frozen, x, method=ImplantedEncoder.prefix)
+  originals = model.apply(frozen, x, method=ImplantedEncoder.frozen_branch)
+  full = jax.value_and_grad(run, has_aux=True)(implants['params'], ImplantedEncoder.last_block, h)
+  cached = jax.value_and_grad(run, has_aux=True)(implants['params'],
+                                                 ImplantedEncoder.implant_branch, originals)
+  np.testing.assert_allclose(cached[0][1][0], full[0][1][0], rtol=1e-6, atol=1e-6)
+  for tree_cached, tree_full in ((cached[1], full[1]), (cached[0][1][1], full[0][1][1])):
+    flat_full = _flat(tree_full)
+    assert _flat(tree_cached).keys() == flat_full.keys()
+    for k, v in _flat(tree_cached).items():
+      np.testing.assert_allclose(v, flat_full[k], rtol=1e-5, atol=1e-6, err_msg=str(k))
+  with pytest.raises(ValueError, match='frozen base'):
+    wide = wide_control_encoder(base, layers, width=2)
+    wide.apply(wide.init(jax.random.PRNGKey(3), x, train=False), x,
+               method=ImplantedEncoder.frozen_branch)
