@@ -172,6 +172,16 @@ class TorchWorker:
         self.proc.wait(timeout=60)
 
 
+def select_cases(names: str, cases: dict) -> dict:
+    """The cases named in `names` (comma-separated, or 'all'), in that order."""
+    if names == "all":
+        return cases
+    unknown = [c for c in names.split(",") if c not in cases]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; choose from {list(cases)}")
+    return {c: cases[c] for c in names.split(",")}
+
+
 def torch_python(arg: str | None) -> str:
     python = arg or os.environ.get("BENCH_TORCH_PYTHON") or sys.executable
     check = subprocess.run([python, "-c", "import torch; print(torch.__version__)"],
@@ -305,13 +315,8 @@ def main() -> None:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if args.quick:
         cases, args.repeats, args.min_seconds, args.matmul_n = QUICK_CASES, 2, 0.2, 1024
-    elif args.cases == "all":
-        cases = CASES
     else:
-        unknown = [c for c in args.cases.split(",") if c not in CASES]
-        if unknown:
-            raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-        cases = {c: CASES[c] for c in args.cases.split(",")}
+        cases = select_cases(args.cases, CASES)
     convs = args.jax_conv.split(",")
     os.makedirs(args.out, exist_ok=True)
 
