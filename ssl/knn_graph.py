@@ -69,26 +69,36 @@ def layout(indices: np.ndarray) -> Layout:
   # Reading q < E is edge q forwards (row i, column j); q >= E is edge q - E
   # backwards (row j, column i). Sorted by (row, column), rows are contiguous
   # and a mutual pair's two readings are adjacent, the forwards one first.
-  reading, new = _sorted_readings(indices)
-  # For a pair's first reading, the edge of its second (backwards) reading; else E.
-  partner = np.full(reading.size, num_edges, reading.dtype)
-  second = np.flatnonzero(~new)
-  partner[second - 1] = reading[second] - num_edges
-  reading, partner = reading[new], partner[new]  # One per entry of W, by its first reading.
-  size = reading.size
-  forwards = reading < num_edges
-  edge = np.where(forwards, reading, reading - num_edges)
-  source, target = edge // k, indices.reshape(-1)[edge]
-  entry_row = np.where(forwards, source, target)
-  column = np.full(2 * num_edges + 1, n, np.int32)
-  edge_out = np.full(2 * num_edges + 1, num_edges, np.int32)
-  edge_in = np.full(2 * num_edges + 1, num_edges, np.int32)
-  column[:size] = np.where(forwards, target, source)
-  edge_out[:size] = np.where(forwards, edge, num_edges)
-  edge_in[:size] = np.where(forwards, partner, edge)
+  position, reading, column_bits = _sorted_readings(indices)
+  new = np.empty(reading.size + 1, bool)
+  new[0] = new[-1] = True
+  np.not_equal(position[1:], position[:-1], out=new[1:-1])
+  bounds = np.flatnonzero(new)  # Each entry's first reading, then one past the last.
+  size = bounds.size - 1
+  position = np.take(position, bounds[:-1])
+  # Filled up to `size` in place and padded once: these are 2E + 1 long.
+  column = np.empty(2 * num_edges + 1, np.int32)
+  edge_out = np.empty_like(column)
+  edge_in = np.empty_like(column)
+  column[size:], edge_out[size:], edge_in[size:] = n, num_edges, num_edges
+  np.bitwise_and(position, np.uint64((1 << column_bits) - 1), out=column[:size],
+                 casting='unsafe')
+  # An entry's forwards edge is its first reading if that is forwards; its
+  # backwards edge is its last reading if that is backwards. Readings of the
+  # wrong kind map to E: with the minimum directly, and through unsigned
+  # wrap-around of q - E < 0 for the backwards one.
+  out, into = edge_out[:size], edge_in[:size]
+  np.take(reading, bounds[:-1], out=out)
+  np.minimum(out, num_edges, out=out)
+  bounds -= 1  # In place: one past an entry's last reading becomes its last.
+  np.take(reading, bounds[1:], out=into)
+  into -= num_edges
+  np.minimum(into.view(np.uint32), num_edges, out=into.view(np.uint32))
 
-  degree = np.bincount(entry_row, minlength=n)
-  row_start = np.cumsum(degree) - degree
+  # Entries are sorted by position (row << column_bits | column): each row starts
+  # where the positions reach its own.
+  row_start = np.searchsorted(position, np.arange(n, dtype=np.uint64) << np.uint64(column_bits))
+  degree = np.diff(row_start, append=size)
   first = first_width(k)
   tiles_of = -(-np.maximum(degree - first, 0) // TILE)
   used = int(tiles_of.sum())
@@ -105,35 +115,45 @@ def layout(indices: np.ndarray) -> Layout:
 
 
 def _sorted_readings(indices: np.ndarray, pack: bool = True):
-  """Readings 0..2E-1 sorted by (row, column, reading), and whether each starts a new entry.
+  """Readings 0..2E-1 sorted by (row, column, reading), with their positions.
 
-  One sort of 64-bit keys with the reading id packed below the position
-  (row * N + column), or, when N is too large for that or `pack` is False, a
-  stable argsort (a few times slower).
+  A reading's position is `row << column_bits | column` (returned with
+  `column_bits`), so row and column come back by shift and mask. One sort of
+  64-bit keys with the reading id packed below the position, or, when N is too
+  large for that or `pack` is False, a stable argsort (a few times slower).
   """
   n, k = indices.shape
-  count = 2 * n * k
-  target = indices.reshape(-1).astype(np.uint64)
-  source = np.repeat(np.arange(n, dtype=np.uint64), k)
-  position = np.empty(count, np.uint64)
-  np.multiply(source, np.uint64(n), out=position[:count // 2])
-  position[:count // 2] += target
-  np.multiply(target, np.uint64(n), out=position[count // 2:])
-  position[count // 2:] += source
-  bits = int(count - 1).bit_length()
-  if not pack or (n * n) >> (64 - bits):
-    reading = np.argsort(position, kind='stable')
-    position = position[reading]
-  else:
-    position <<= np.uint64(bits)
-    position |= np.arange(count, dtype=np.uint64)
-    position.sort()
-    reading = position & np.uint64((1 << bits) - 1)
-    position >>= np.uint64(bits)
-  new = np.empty(count, bool)
-  new[0] = True
-  np.not_equal(position[1:], position[:-1], out=new[1:])
-  return reading.astype(np.int32 if count < 2**31 else np.int64), new
+  num_edges = n * k
+  count = 2 * num_edges
+  column_bits = max(1, int(n - 1).bit_length())
+  reading_bits = int(count - 1).bit_length()
+  packed = pack and 2 * column_bits + reading_bits <= 64
+  low = reading_bits if packed else 0  # Where the position starts in a key.
+  # Key fields do not overlap, so they are added, each as a broadcast over rows
+  # or slots of `indices`: no full-size temporaries.
+  row, slot = np.arange(n, dtype=np.uint64)[:, None], np.arange(k, dtype=np.uint64)
+  key = np.empty((2, n, k), np.uint64)
+  # Forwards, the row is the source i and the column the target; backwards, swapped.
+  shifts = ((low + column_bits, low), (low, low + column_bits))
+  for half, (source_shift, target_shift) in enumerate(shifts):
+    part = key[half]
+    np.copyto(part, indices, casting='unsafe')
+    part <<= np.uint64(target_shift)
+    rows = row << np.uint64(source_shift)
+    if packed:  # Plus the reading id half * E + i * k + slot.
+      rows += row * np.uint64(k) + np.uint64(half * num_edges)
+      part += slot
+    part += rows
+  key = key.reshape(-1)
+  index_type = np.int32 if count < 2**31 else np.int64
+  if packed:
+    key.sort()
+    reading = np.empty(count, index_type)
+    np.bitwise_and(key, np.uint64((1 << reading_bits) - 1), out=reading, casting='unsafe')
+    key >>= np.uint64(reading_bits)
+    return key, reading, column_bits
+  reading = np.argsort(key, kind='stable').astype(index_type)
+  return key[reading], reading, column_bits
 
 
 def build(values: jax.Array, layout: Layout) -> Graph:
