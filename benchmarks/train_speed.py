@@ -201,7 +201,7 @@ def steps_for(seconds_per_step: float, min_seconds: float) -> int:
 
 def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], repeats: int,
                min_seconds: float, workdir: str, device: str = "cpu",
-               dtype: str = "float32") -> dict:
+               dtype: str = "float32", pause: float = 1.0) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (case.batch, case.image_size, case.image_size, case.channels),
                           dtype=np.uint8)
@@ -228,6 +228,9 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
     order = list(timers)
     for r in range(repeats):
         for key in (order if r % 2 == 0 else order[::-1]):  # Alternate who goes first.
+            # The framework that ran last leaves worker threads spinning for a while
+            # (OpenMP, Eigen); a pause keeps them from eating into the next one's time.
+            time.sleep(pause)
             img_s[key].append(case.batch * steps[key] / timers[key](steps[key]))
     medians = {k: statistics.median(v) for k, v in img_s.items()}
     step_flops = 3.0 * flops  # forward + input gradient + weight gradient.
@@ -301,6 +304,9 @@ def main() -> None:
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch (default: $BENCH_TORCH_PYTHON, else this one)")
     parser.add_argument("--matmul-n", type=int, default=4096)
+    parser.add_argument("--pause", type=float, default=1.0,
+                        help="seconds of rest before each timed run (lets the other "
+                        "framework's worker threads stop spinning)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
                         help="cpu pins JAX to its CPU backend and PyTorch to the CPU; gpu uses "
                         "JAX's default accelerator backend and PyTorch on cuda")
@@ -340,7 +346,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for name, case in cases.items():
             r = bench_case(name, case, worker, convs, args.repeats, args.min_seconds, workdir,
-                           args.device, args.dtype)
+                           args.device, args.dtype, args.pause)
             r["percent_of_peak"] = {k: 100 * g / best_peak for k, g in r["gflops"].items()}
             results[name] = r
             # Rewritten after every case, so an interrupted run keeps what it measured.
