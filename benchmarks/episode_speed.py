@@ -290,7 +290,7 @@ def torch_worker_main() -> None:
     from torch import nn  # pylint: disable=import-outside-toplevel
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from torch_step import encoder  # pylint: disable=import-outside-toplevel
+    from torch_step import encoder, serve  # pylint: disable=import-outside-toplevel
 
     def sync(device):
         if device.type == "cuda":
@@ -363,23 +363,9 @@ def torch_worker_main() -> None:
                 return {"features": self.pooled(e).cpu().numpy().tolist()}
 
     peer = Peer()
-    for line in sys.stdin:
-        msg = json.loads(line)
-        try:
-            if msg["cmd"] == "quit":
-                break
-            if msg["cmd"] == "setup":
-                reply = peer.setup(msg["case"], msg["inputs"])
-            elif msg["cmd"] == "time":
-                reply = peer.time(msg["episodes"])
-            elif msg["cmd"] == "features":
-                reply = peer.features(msg["episode"])
-            else:
-                reply = {"error": f"unknown command {msg['cmd']!r}"}
-        except Exception as e:  # pylint: disable=broad-except
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        reply["threads"] = torch.get_num_threads()
-        print(json.dumps(reply), flush=True)
+    serve({"setup": lambda msg: peer.setup(msg["case"], msg["inputs"]),
+           "time": lambda msg: peer.time(msg["episodes"]),
+           "features": lambda msg: peer.features(msg["episode"])})
 
 
 def start_torch_worker(python: str):

@@ -188,22 +188,30 @@ def matmul_seconds(n: int, device: str = "cpu") -> dict:
     return {"seconds": time.perf_counter() - start}
 
 
-def main() -> None:
-    worker = Worker()
+def serve(handlers: dict) -> None:
+    """Answers each JSON command line on stdin with `handlers[cmd](msg)`, until "quit".
+
+    A failing command answers {"error": ...}, which the driver raises with its message.
+    """
     for line in sys.stdin:
         msg = json.loads(line)
         if msg["cmd"] == "quit":
             break
-        if msg["cmd"] == "setup":
-            reply = worker.setup(msg["case"], msg["inputs"])
-        elif msg["cmd"] == "time":
-            reply = worker.time(msg["steps"])
-        elif msg["cmd"] == "matmul":
-            reply = matmul_seconds(msg["n"], msg.get("device", "cpu"))
-        else:
-            reply = {"error": f"unknown command {msg['cmd']!r}"}
+        try:
+            if msg["cmd"] not in handlers:
+                raise KeyError(f"unknown command {msg['cmd']!r}")
+            reply = handlers[msg["cmd"]](msg)
+        except Exception as e:  # pylint: disable=broad-except
+            reply = {"error": f"{type(e).__name__}: {e}"}
         reply["threads"] = torch.get_num_threads()
         print(json.dumps(reply), flush=True)
+
+
+def main() -> None:
+    worker = Worker()
+    serve({"setup": lambda msg: worker.setup(msg["case"], msg["inputs"]),
+           "time": lambda msg: worker.time(msg["steps"]),
+           "matmul": lambda msg: matmul_seconds(msg["n"], msg.get("device", "cpu"))})
 
 
 if __name__ == "__main__":
