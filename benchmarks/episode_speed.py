@@ -20,8 +20,8 @@ encoder, image size and normalisation; configs/fsl/implanting.py for the implant
 (b) PyTorch peer of the per-episode figure: the same encoder (the network definitions of
     benchmarks/torch_step.py, loaded with the very weights of the JAX network, so features and
     accuracies are checked to agree), per episode: embed the 100 images in eval mode under
-    inference_mode, prototypes, cosine, accuracy. It runs as a worker subprocess under an
-    interpreter with torch (train_speed.TorchWorker's protocol), timed in alternating repeats
+    inference_mode, prototypes, cosine, accuracy (benchmarks/torch_episodes.py). It runs as a
+    worker subprocess under an interpreter with torch (train_speed.TorchWorker's protocol), timed in alternating repeats
     with (a) in the same invocation; the ratio is of the medians.
 (c) DC+IMP implanting, JAX only: `fsl.implanting.implant_episode_accuracies` as
     fsl/train_implanting.py calls it with configs/fsl/implanting.py's settings (16 implant
@@ -76,7 +76,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -274,113 +273,6 @@ def torch_weights(case: Case, state) -> dict[str, np.ndarray]:
     return out
 
 
-# ----------------------------------------------------------------------------- PyTorch side
-
-def torch_worker_main() -> None:
-    """The PyTorch peer, one JSON command per line on stdin, one JSON answer per line on stdout.
-
-      {"cmd": "setup", "inputs": DIR, "case": {encoder, encoder_kwargs, mean, std, device}}
-          loads DIR/pool.npy (uint8 NHWC), DIR/episodes.npz and DIR/weights.npz.
-      {"cmd": "time", "episodes": n}  runs episodes 0..n-1; answers seconds and accuracies.
-      {"cmd": "features", "episode": e}  pooled features of episode e's images (a check).
-      {"cmd": "quit"}
-    """
-    import torch  # pylint: disable=import-outside-toplevel
-    import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-    from torch import nn  # pylint: disable=import-outside-toplevel
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from torch_step import encoder, serve  # pylint: disable=import-outside-toplevel
-
-    def sync(device):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    class Peer:
-        def setup(self, case: dict, inputs: str) -> dict:
-            self.device = torch.device(case["device"])
-            pool = np.load(os.path.join(inputs, "pool.npy"))
-            self.pool = torch.from_numpy(pool).permute(0, 3, 1, 2).contiguous().to(self.device)
-            with np.load(os.path.join(inputs, "episodes.npz")) as f:
-                self.idx = torch.from_numpy(np.concatenate(
-                    [f["support_idx"], f["query_idx"]], axis=1).astype(np.int64)).to(self.device)
-                self.support_labels = torch.from_numpy(
-                    f["support_labels"].astype(np.int64)).to(self.device)
-                self.query_labels = torch.from_numpy(
-                    f["query_labels"].astype(np.int64)).to(self.device)
-            self.n_way = int(self.support_labels.max()) + 1
-            self.model = encoder(case["encoder"], pool.shape[-1], case["encoder_kwargs"])
-            with np.load(os.path.join(inputs, "weights.npz")) as f:
-                self._load(f)
-            self.model = self.model.eval().to(self.device)
-            self.mean = torch.tensor(case["mean"], device=self.device).view(1, -1, 1, 1)
-            self.std = torch.tensor(case["std"], device=self.device).view(1, -1, 1, 1)
-            return {"params": sum(p.numel() for p in self.model.parameters())}
-
-        def _load(self, arrays) -> None:
-            layers = [m for m in self.model.modules()
-                      if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-            names = sorted({k[:3] for k in arrays.files})
-            if len(names) != len(layers):
-                raise ValueError(f"{len(names)} JAX layers for {len(layers)} PyTorch layers")
-            for i, layer in zip(names, layers):
-                kind = "conv" if isinstance(layer, nn.Conv2d) else "bn"
-                fields = (("weight", "bias") if kind == "conv"
-                          else ("weight", "bias", "running_mean", "running_var"))
-                for field in fields:
-                    key = f"{i}_{kind}_{field}"
-                    target = getattr(layer, field)
-                    if target is None and key not in arrays.files:
-                        continue
-                    value = torch.from_numpy(np.ascontiguousarray(arrays[key]))
-                    if value.shape != target.shape:
-                        raise ValueError(f"{key}: {tuple(value.shape)} for {tuple(target.shape)}")
-                    with torch.no_grad():
-                        target.copy_(value)
-
-        def pooled(self, e: int):
-            x = (self.pool[self.idx[e]].float() / 255.0 - self.mean) / self.std
-            return self.model(x).mean(dim=(2, 3))
-
-        def episode(self, e: int) -> float:
-            f = F.normalize(self.pooled(e), dim=1)
-            s = self.support_labels.shape[1]
-            one_hot = F.one_hot(self.support_labels[e], self.n_way).float()  # [S, n_way]
-            prototypes = F.normalize(one_hot.T @ f[:s] / one_hot.sum(0)[:, None], dim=1)
-            predicted = (f[s:] @ prototypes.T).argmax(dim=1)
-            return (predicted == self.query_labels[e]).float().mean().item()
-
-        def time(self, episodes: int) -> dict:
-            sync(self.device)
-            start = time.perf_counter()
-            with torch.inference_mode():
-                accuracies = [self.episode(e) for e in range(episodes)]
-            sync(self.device)
-            return {"seconds": time.perf_counter() - start, "accuracies": accuracies}
-
-        def features(self, e: int) -> dict:
-            with torch.inference_mode():
-                return {"features": self.pooled(e).cpu().numpy().tolist()}
-
-    peer = Peer()
-    serve({"setup": lambda msg: peer.setup(msg["case"], msg["inputs"]),
-           "time": lambda msg: peer.time(msg["episodes"]),
-           "features": lambda msg: peer.features(msg["episode"])})
-
-
-def start_torch_worker(python: str):
-    """train_speed.TorchWorker's JSON-line protocol, running this file's PyTorch peer."""
-    from train_speed import TorchWorker  # pylint: disable=import-outside-toplevel
-
-    class EpisodeWorker(TorchWorker):
-        def __init__(self, python: str):  # pylint: disable=super-init-not-called
-            self.proc = subprocess.Popen(
-                [python, os.path.abspath(__file__), "--torch-worker"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    return EpisodeWorker(python)
-
-
 # ----------------------------------------------------------------------------- measurement
 
 def bench_case(name: str, case: Case, worker, args, workdir: str) -> dict:
@@ -541,8 +433,8 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
 
     import jax  # pylint: disable=import-outside-toplevel
-    from train_speed import torch_python  # pylint: disable=import-outside-toplevel
-    worker = start_torch_worker(torch_python(args.torch_python))
+    from train_speed import TorchWorker, torch_python  # pylint: disable=import-outside-toplevel
+    worker = TorchWorker(torch_python(args.torch_python), "torch_episodes.py")
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__,
                 jax_backend=jax.default_backend(), jax_device=str(jax.devices()[0].device_kind),
                 torch_device=args.torch_device, loadavg_start=os.getloadavg(),
@@ -570,7 +462,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--torch-worker"]:
-        torch_worker_main()
-    else:
-        main()
+    main()

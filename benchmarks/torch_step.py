@@ -163,15 +163,15 @@ class Worker:
         self.opt.step()
 
     def time(self, steps: int) -> dict:
-        _synchronize(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         for _ in range(steps):
             self.step()
-        _synchronize(self.device)
+        synchronize(self.device)
         return {"seconds": time.perf_counter() - start}
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -181,10 +181,10 @@ def matmul_seconds(n: int, device: str = "cpu") -> dict:
     torch.backends.cuda.matmul.allow_tf32 = True  # As JAX's default precision on GPU.
     a = torch.randn(n, n, device=device)
     a @ a
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     a @ a
-    _synchronize(device)
+    synchronize(device)
     return {"seconds": time.perf_counter() - start}
 
 

@@ -147,11 +147,11 @@ def jax_matmul_seconds(n: int) -> float:
 # ----------------------------------------------------------------------------- PyTorch side
 
 class TorchWorker:
-    """benchmarks/torch_step.py in a subprocess, driven one JSON line at a time."""
+    """A PyTorch worker script of benchmarks/ in a subprocess, driven one JSON line at a time."""
 
-    def __init__(self, python: str):
+    def __init__(self, python: str, script: str = "torch_step.py"):
         self.proc = subprocess.Popen(
-            [python, os.path.join(ROOT, "benchmarks", "torch_step.py")],
+            [python, os.path.join(ROOT, "benchmarks", script)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def call(self, **msg) -> dict:
