@@ -60,16 +60,8 @@ def run_episode_batches(batch_fn: EpisodeBatchFn, episodes: EpisodesLike, batch_
     raise ValueError('No episodes to evaluate: num_episodes must be at least 1.')
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be at least 1.')
-  batch_size = min(batch_size, total)
-  accuracies = []
-  for start in range(0, total, batch_size):
-    ids = np.arange(start, min(start + batch_size, total), dtype=np.int32)
-    padded = np.concatenate([ids, np.full(batch_size - len(ids), ids[0], np.int32)])
-    acc = batch_fn(*(a[padded] for a in arrays), padded)
-    accuracies.append(np.asarray(acc)[:len(ids)])
-    if progress is not None:
-      progress(start + len(ids), total)
-  return np.concatenate(accuracies)
+  return map_in_batches(lambda ids: batch_fn(*(a[ids] for a in arrays), ids),
+                        np.arange(total, dtype=np.int32), batch_size, progress)
 
 
 def _check_indices(episodes: EpisodesLike, num_items: int, n_way: int) -> None:

@@ -166,8 +166,10 @@ def test_map_in_batches_pads_the_last_batch_and_keeps_tuples():
     return batch * 2, batch.sum(axis=1)
 
   images = np.arange(14, dtype=np.float32).reshape(7, 2)
-  doubled, sums = map_in_batches(fn, images, 3)
+  progress = []
+  doubled, sums = map_in_batches(fn, images, 3, lambda done, total: progress.append((done, total)))
   assert seen == [(3, 2)] * 3  # One shape: a jitted fn compiles once.
+  assert progress == [(3, 7), (6, 7), (7, 7)]
   np.testing.assert_array_equal(doubled, images * 2)
   np.testing.assert_array_equal(sums, images.sum(axis=1))
   with pytest.raises(ValueError, match='no images'):
