@@ -17,6 +17,8 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade --quiet pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	@# Compiles the oneDNN convolutions for CPU; says why not (and goes on) where it cannot.
+	$(PY) -c "from groundwork.encoders import onednn_conv; onednn_conv.report()"
 	touch $@
 
 # Debian's dataset-fashion-mnist ships the official IDX files; installed when apt

@@ -115,8 +115,12 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dty
     forward_args = jax.device_put(
         ({"params": state.params, "batch_stats": state.batch_stats},
          jnp.zeros((1, *images.shape[1:]), jnp.float32)), jax.devices("cpu")[0])
+    # Traced on the plain XLA path: the oneDNN path's convolutions are FFI calls, which
+    # the cost analysis does not see either.
+    os.environ["GROUNDWORK_CONV"] = "xla"
     forward = jax.jit(lambda v, im: model.apply(v, im, train=False)).lower(
         *forward_args).compile()
+    os.environ["GROUNDWORK_CONV"] = conv
     cost = forward.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     holder = {"state": state, "i": 0}
@@ -300,7 +304,7 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=1.5,
                         help="each repeat runs enough steps to last at least this long")
     parser.add_argument("--jax-conv", default="auto",
-                        help="comma-separated GROUNDWORK_CONV paths to time: auto, matmul, xla")
+                        help="comma-separated GROUNDWORK_CONV paths to time: auto, onednn, matmul, xla")
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch (default: $BENCH_TORCH_PYTHON, else this one)")
     parser.add_argument("--matmul-n", type=int, default=4096)

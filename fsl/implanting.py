@@ -41,7 +41,7 @@ from flax import traverse_util
 from fsl.dense_loss import dense_loss
 from fsl.episodic_evaluation import EpisodesLike, Progress, episode_n_way, run_episode_batches
 from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototypes
-from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block
+from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block, fast_conv
 from groundwork.encoders.layers import (
     DropBlock, activation_fn, batch_norm, max_pool2, torch_default_kernel_init)
 
@@ -87,7 +87,8 @@ class ImplantedResNet12Block(nn.Module):
 
     def conv(features: int, kernel: int, name: str) -> nn.Conv:
       return nn.Conv(features, (kernel, kernel), padding='SAME', use_bias=False,
-                     kernel_init=_resnet12_conv_init, dtype=self.dtype, name=name)
+                     kernel_init=_resnet12_conv_init, dtype=self.dtype, name=name,
+                     conv_general_dilated=fast_conv.conv_general_dilated)
 
     if originals is None:
       shortcut = batch_norm(base_train, self.dtype, 'shortcut_bn')(
@@ -126,7 +127,8 @@ class ImplantedConv4Block(nn.Module):
 
     def conv(features: int, name: str) -> nn.Conv:
       return nn.Conv(features, (3, 3), padding='SAME', kernel_init=torch_default_kernel_init,
-                     dtype=self.dtype, name=name)
+                     dtype=self.dtype, name=name,
+                     conv_general_dilated=fast_conv.conv_general_dilated)
 
     if originals is None:
       originals = (x, act(batch_norm(train and self.base_trainable, self.dtype, 'bn')(

@@ -1,11 +1,14 @@
-"""fast_conv: same values and gradients as flax's plain Conv, chosen by platform."""
+"""fast_conv: the matmul path gives flax's plain Conv values and gradients; paths by platform.
+
+The oneDNN path has its own tests (test_onednn_conv.py).
+"""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from groundwork.encoders import fast_conv
+from groundwork.encoders import fast_conv, onednn_conv
 
 
 def _uses_custom_vjp(fn, *args) -> bool:
@@ -71,6 +74,8 @@ def test_strided_conv_falls_back_to_plain(monkeypatch):
 
 
 def test_selection_follows_platform(monkeypatch):
+  assert fast_conv.select_impl('cpu', onednn_ready=True) == 'onednn'
+  assert fast_conv.select_impl('gpu', onednn_ready=True) == 'xla'
   assert fast_conv.select_impl('cpu') == 'matmul'
   assert fast_conv.select_impl('gpu') == 'xla'
   assert fast_conv.select_impl('tpu') == 'xla'
@@ -86,8 +91,12 @@ def test_selection_follows_platform(monkeypatch):
   apply = lambda v, x: fast.apply(v, x)
   monkeypatch.delenv('GROUNDWORK_CONV', raising=False)
   monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  # Where oneDNN is not built, 'auto' on CPU is the matmul path (with a warning).
+  monkeypatch.setattr(onednn_conv, 'available', lambda: False)
+  monkeypatch.setattr(fast_conv.onednn_conv, 'warn_unavailable', lambda: None)
+  assert fast_conv.current_impl() == 'matmul'
   assert _uses_custom_vjp(apply, variables, x)
-  # Narrower kernels keep XLA's backward under 'auto' on CPU too.
+  # Narrower kernels keep XLA's backward under the matmul path's 'auto'.
   _, narrow = _pair(64, 1, False)
   narrow_vars = narrow.init(jax.random.PRNGKey(0), jnp.ones((1, 2, 2, 64)))
   assert not _uses_custom_vjp(lambda v, x: narrow.apply(v, x), narrow_vars, jnp.ones((1, 2, 2, 64)))

@@ -1,0 +1,288 @@
+// 2-D convolutions on CPU through oneDNN, as XLA FFI handlers.
+//
+// XLA's CPU convolutions (Eigen) run a ResNet training step at about half of what oneDNN's
+// JIT kernels reach on the same cores (benchmarks/train_speed.py), so on CPU the encoders
+// call these three handlers instead: forward, input gradient and weight gradient of a
+// float32 NHWC x HWIO -> NHWC convolution with strides and explicit non-negative pads.
+// groundwork/encoders/onednn_conv.py builds this file, registers the handlers and wires
+// them into a custom VJP.
+//
+// Layouts: activations stay in XLA's row-major NHWC, which oneDNN's channels-last kernels
+// read directly; weights are reordered from HWIO into the blocked layout the kernel asks
+// for on every call (a kernel is small next to a batch of activations).
+// Leading dimensions beyond the four of NHWC/HWIO come from `vmap` (broadcast_all): each
+// slice is one convolution.
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// The geometry of one convolution: everything a primitive depends on.
+struct Geometry {
+  int64_t n, h, w, c_in, kh, kw, c_out, oh, ow, sh, sw, pt, pb, pl, pr;
+
+  std::string Key(char kind) const {
+    std::string key(1, kind);
+    for (int64_t v : {n, h, w, c_in, kh, kw, c_out, oh, ow, sh, sw, pt, pb, pl, pr}) {
+      key += ',' + std::to_string(v);
+    }
+    return key;
+  }
+  memory::desc Src() const { return {{n, c_in, h, w}, memory::data_type::f32, tag::nhwc}; }
+  memory::desc Dst() const { return {{n, c_out, oh, ow}, memory::data_type::f32, tag::nhwc}; }
+  memory::desc UserWeights() const {
+    return {{c_out, c_in, kh, kw}, memory::data_type::f32, tag::hwio};
+  }
+  memory::desc AnyWeights() const {
+    return {{c_out, c_in, kh, kw}, memory::data_type::f32, tag::any};
+  }
+  memory::dims Strides() const { return {sh, sw}; }
+  memory::dims PadLow() const { return {pt, pl}; }
+  memory::dims PadHigh() const { return {pb, pr}; }
+};
+
+// Scratchpads are the caller's (user mode) so concurrent calls from XLA's threads never
+// share one.
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// One tensor a primitive reads or writes: the layout XLA holds it in (NHWC, HWIO), the
+// layout the primitive wants, and so whether it goes through a reorder on the way.
+struct Operand {
+  Operand(int arg, const memory::desc& user, const memory::desc& primitive, bool is_output)
+      : arg(arg), user(user), primitive(primitive), is_output(is_output) {
+    if (user != primitive) {
+      reorder = is_output ? dnnl::reorder(dnnl::reorder::primitive_desc(
+                                Engine(), primitive, Engine(), user))
+                          : dnnl::reorder(dnnl::reorder::primitive_desc(
+                                Engine(), user, Engine(), primitive));
+    }
+  }
+  int arg;
+  memory::desc user, primitive;
+  bool is_output;
+  dnnl::reorder reorder;  // user -> primitive for inputs, back for the output
+};
+
+// A primitive and its three operands in the handler's argument order (input, input, result).
+struct Plan {
+  dnnl::primitive primitive;
+  std::vector<Operand> operands;
+  size_t scratchpad_bytes;
+};
+
+// `blocked`: activations in the channel-blocked layout oneDNN prefers, reordered from and to
+// NHWC around the primitive; otherwise oneDNN reads and writes NHWC directly.
+Plan MakePlan(char kind, const Geometry& g, bool blocked) {
+  memory::desc src = g.Src(), dst = g.Dst();
+  if (blocked) {
+    src = memory::desc(src.get_dims(), memory::data_type::f32, tag::any);
+    dst = memory::desc(dst.get_dims(), memory::data_type::f32, tag::any);
+  }
+  auto forward = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      g.AnyWeights(), dst, g.Strides(), g.PadLow(), g.PadHigh(), UserScratchpad());
+  Plan plan;
+  if (kind == 'f') {
+    plan.primitive = dnnl::convolution_forward(forward);
+    plan.operands = {{DNNL_ARG_SRC, g.Src(), forward.src_desc(), false},
+                     {DNNL_ARG_WEIGHTS, g.UserWeights(), forward.weights_desc(), false},
+                     {DNNL_ARG_DST, g.Dst(), forward.dst_desc(), true}};
+    plan.scratchpad_bytes = forward.scratchpad_desc().get_size();
+  } else if (kind == 'd') {
+    auto backward = dnnl::convolution_backward_data::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), dst, g.Strides(),
+        g.PadLow(), g.PadHigh(), forward, UserScratchpad());
+    plan.primitive = dnnl::convolution_backward_data(backward);
+    plan.operands = {{DNNL_ARG_DIFF_DST, g.Dst(), backward.diff_dst_desc(), false},
+                     {DNNL_ARG_WEIGHTS, g.UserWeights(), backward.weights_desc(), false},
+                     {DNNL_ARG_DIFF_SRC, g.Src(), backward.diff_src_desc(), true}};
+    plan.scratchpad_bytes = backward.scratchpad_desc().get_size();
+  } else {
+    auto backward = dnnl::convolution_backward_weights::primitive_desc(
+        Engine(), dnnl::algorithm::convolution_direct, src, g.AnyWeights(), dst, g.Strides(),
+        g.PadLow(), g.PadHigh(), forward, UserScratchpad());
+    plan.primitive = dnnl::convolution_backward_weights(backward);
+    plan.operands = {{DNNL_ARG_SRC, g.Src(), backward.src_desc(), false},
+                     {DNNL_ARG_DIFF_DST, g.Dst(), backward.diff_dst_desc(), false},
+                     {DNNL_ARG_DIFF_WEIGHTS, g.UserWeights(), backward.diff_weights_desc(), true}};
+    plan.scratchpad_bytes = backward.scratchpad_desc().get_size();
+  }
+  return plan;
+}
+
+// Scratchpad and reordered operands live in per-thread buffers that only grow: a fresh
+// allocation per call would be mapped anew and page-faulted in on every step.
+void* ThreadBuffer(int slot, size_t bytes) {
+  thread_local std::vector<char> buffers[4];
+  auto& buffer = buffers[slot];
+  if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
+  auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<void*>((address + 63) / 64 * 64);
+}
+
+void Execute(const Plan& plan, float* const data[3]) {
+  auto& engine = Engine();
+  dnnl::stream stream(engine);
+  std::unordered_map<int, memory> args;
+  std::vector<std::tuple<const Operand*, memory, memory>> outputs;  // reordered after
+  for (int i = 0; i < 3; ++i) {
+    const Operand& op = plan.operands[i];
+    memory user(op.user, engine, data[i]);
+    if (op.primitive == op.user) {
+      args.emplace(op.arg, user);
+      continue;
+    }
+    memory staged(op.primitive, engine, ThreadBuffer(i, op.primitive.get_size()));
+    if (op.is_output) {
+      outputs.emplace_back(&op, staged, user);
+    } else {
+      op.reorder.execute(stream, user, staged);
+    }
+    args.emplace(op.arg, staged);
+  }
+  args.emplace(DNNL_ARG_SCRATCHPAD,
+               memory(memory::desc({static_cast<int64_t>(plan.scratchpad_bytes)},
+                                   memory::data_type::u8, tag::x),
+                      engine, ThreadBuffer(3, plan.scratchpad_bytes)));
+  plan.primitive.execute(stream, args);
+  for (auto& [op, staged, user] : outputs) op->reorder.execute(stream, staged, user);
+  stream.wait();
+}
+
+// Which activation layout a geometry runs in. Measured on the 2-core AVX-512 machine (ms for
+// forward / input gradient / weight gradient, NHWC against blocked): on maps of 6x6 and more
+// NHWC is as fast or faster (16x84x84x64->64: 19/19/22 vs 24/24/30), since a reorder costs
+// about as much as a convolution there; on maps up to 5x5 the blocked layout runs forward and
+// input gradient up to 2.4x faster (64x2x2x640->640: 16/19 vs 6.6/6.7; 16x5x5x640->640:
+// 9.8/9.6 vs 7.8/7.2) while the weight gradient is never faster blocked. A fixed rule rather
+// than timing each geometry keeps results bit-reproducible from run to run.
+// GROUNDWORK_ONEDNN_LAYOUT=nhwc|blocked forces one layout (for benchmarking).
+bool UseBlocked(char kind, const Geometry& g) {
+  static const char* forced = std::getenv("GROUNDWORK_ONEDNN_LAYOUT");
+  if (forced != nullptr && std::string(forced) == "nhwc") return false;
+  if (forced != nullptr && std::string(forced) == "blocked") return true;
+  return kind != 'w' && g.oh * g.ow <= 25;
+}
+
+const Plan& GetPlan(char kind, const Geometry& g) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
+  std::string key = g.Key(kind);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = plans.find(key);
+    if (found != plans.end()) return *found->second;
+  }
+  auto plan = std::make_shared<Plan>(MakePlan(kind, g, UseBlocked(kind, g)));
+  std::lock_guard<std::mutex> lock(mutex);
+  return *plans.emplace(key, plan).first->second;
+}
+
+// Runs convolution `kind` ('f' forward, 'd' input gradient, 'w' weight gradient) on one
+// slice: `data` = (input, input, result) in the handler's order.
+void RunOne(char kind, const Geometry& g, float* const data[3]) {
+  Execute(GetPlan(kind, g), data);
+}
+
+int64_t Product(ffi::Span<const int64_t> dims, size_t count) {
+  int64_t p = 1;
+  for (size_t i = 0; i < count; ++i) p *= dims[i];
+  return p;
+}
+
+// The slices of a (possibly vmapped) call: inputs NHWC `x` and HWIO-or-NHWC `b`, result `r`.
+ffi::Error Run(char kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> r,
+               ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  if (a.element_type() != ffi::F32 || b.element_type() != ffi::F32 ||
+      r->element_type() != ffi::F32) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: float32 buffers only");
+  }
+  auto ad = a.dimensions(), bd = b.dimensions(), rd = r->dimensions();
+  size_t lead = ad.size() - 4;
+  if (ad.size() < 4 || bd.size() != ad.size() || rd.size() != ad.size() ||
+      strides.size() != 2 || pads.size() != 4) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: rank-4 (+ batch) buffers only");
+  }
+  int64_t slices = Product(ad, lead);
+  if (Product(bd, lead) != slices || Product(rd, lead) != slices) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: batch dimensions disagree");
+  }
+  // x: NHWC input, k: HWIO kernel, y: NHWC output, in whichever of a, b, r holds each.
+  ffi::Span<const int64_t> x = kind == 'd' ? rd : ad;
+  ffi::Span<const int64_t> k = kind == 'w' ? rd : bd;
+  ffi::Span<const int64_t> y = kind == 'f' ? rd : (kind == 'd' ? ad : bd);
+  Geometry g{x[lead], x[lead + 1], x[lead + 2], x[lead + 3], k[lead], k[lead + 1],
+             k[lead + 3], y[lead + 1], y[lead + 2], strides[0], strides[1],
+             pads[0], pads[1], pads[2], pads[3]};
+  if (k[lead + 2] != g.c_in || y[lead] != g.n || y[lead + 3] != g.c_out ||
+      (g.h + g.pt + g.pb - g.kh) / g.sh + 1 != g.oh ||
+      (g.w + g.pl + g.pr - g.kw) / g.sw + 1 != g.ow) {
+    return ffi::Error::InvalidArgument("oneDNN convolution: shapes do not form a convolution");
+  }
+  int64_t a_size = Product(ad, ad.size()) / slices, b_size = Product(bd, bd.size()) / slices,
+          r_size = Product(rd, rd.size()) / slices;
+  auto* a_data = static_cast<float*>(a.untyped_data());
+  auto* b_data = static_cast<float*>(b.untyped_data());
+  auto* r_data = static_cast<float*>(r->untyped_data());
+  try {
+    for (int64_t i = 0; i < slices; ++i) {
+      float* const data[3] = {a_data + i * a_size, b_data + i * b_size, r_data + i * r_size};
+      RunOne(kind, g, data);
+    }
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  return Run('f', x, w, y, strides, pads);
+}
+ffi::Error InputGradient(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  return Run('d', dy, w, dx, strides, pads);
+}
+ffi::Error WeightGradient(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  return Run('w', x, dy, dw, strides, pads);
+}
+
+}  // namespace
+
+#define GROUNDWORK_CONV_BINDING                                                       \
+  ffi::Ffi::Bind()                                                                    \
+      .Arg<ffi::AnyBuffer>()                                                          \
+      .Arg<ffi::AnyBuffer>()                                                          \
+      .Ret<ffi::AnyBuffer>()                                                          \
+      .Attr<ffi::Span<const int64_t>>("strides")                                      \
+      .Attr<ffi::Span<const int64_t>>("pads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnConvForward, Forward, GROUNDWORK_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnConvInputGradient, InputGradient,
+                              GROUNDWORK_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnConvWeightGradient, WeightGradient,
+                              GROUNDWORK_CONV_BINDING);
