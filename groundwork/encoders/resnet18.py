@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from groundwork.encoders import fast_conv
-from groundwork.encoders.layers import batch_norm
+from groundwork.encoders.layers import batch_norm, max_pool3_stride2
 
 Array = jax.Array
 Dtype = Any
@@ -70,7 +70,7 @@ class ResNet18(nn.Module):
             x = _conv(self.widths[0], 7, 2, self.dtype, "stem_conv")(x)
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
         if not self.cifar_stem:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool3_stride2(x)
         for s, width in enumerate(self.widths):
             for b in range(2):
                 stride = 2 if (s > 0 and b == 0) else 1
