@@ -56,7 +56,8 @@ def label_propagation(features, labels, labeled_mask, num_classes: int, *, k: in
   """Pseudo-labels and weights for every image from `features [N, d]`.
 
   `labels [N]` is read only where `labeled_mask [N]` is true (elsewhere it may
-  be -1). `knn_backend`: 'auto' (faiss on CPU, JAX elsewhere), 'jax' or 'faiss'.
+  be -1). `knn_backend`: 'auto' (ssl/knn_cpu.cc on CPU, faiss where it cannot be built;
+  JAX elsewhere), 'cpu', 'jax' or 'faiss'.
   """
   x = np.asarray(features, np.float32)
   labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)

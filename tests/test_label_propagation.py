@@ -66,15 +66,32 @@ def test_blocked_jax_search_equals_brute_force():
   np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
 
 
-def test_jax_and_faiss_give_the_same_neighbours():
+def test_cpu_search_equals_brute_force():
+  # 4,500 rows: several 128-query and 2,048-row tiles, the last of each partial.
+  x = np.random.default_rng(3).standard_normal((4500, 8)).astype(np.float32)
+  sims, idx = knn_search(x, 6, backend='cpu')
+  ref_sims, ref_idx = _brute_force(x.astype(np.float64), 6)
+  np.testing.assert_array_equal(idx, ref_idx)
+  np.testing.assert_allclose(sims, ref_sims, atol=1e-5)
+
+
+def test_the_three_engines_give_the_same_neighbours():
   x = np.random.default_rng(1).standard_normal((300, 16)).astype(np.float32)
   jax_sims, jax_idx = knn_search(x, 7, backend='jax', block_size=64)
-  faiss_sims, faiss_idx = knn_search(x, 7, backend='faiss')
-  np.testing.assert_array_equal(jax_idx, faiss_idx)
-  np.testing.assert_allclose(jax_sims, faiss_sims, atol=1e-5)
+  for backend in ('faiss', 'cpu'):
+    sims, idx = knn_search(x, 7, backend=backend)
+    np.testing.assert_array_equal(idx, jax_idx)
+    np.testing.assert_allclose(sims, jax_sims, atol=1e-5)
 
 
-@pytest.mark.parametrize('backend', ['jax', 'faiss'])
+def test_auto_picks_the_cpu_engine_where_it_builds():
+  from semisup import knn  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() == 'cpu':
+    expected = 'cpu' if knn.cpu_unavailable_reason() is None else 'faiss'
+    assert knn.default_backend() == expected
+
+
+@pytest.mark.parametrize('backend', ['jax', 'faiss', 'cpu'])
 def test_self_is_excluded_even_with_exact_duplicates(backend):
   x = np.random.default_rng(2).standard_normal((20, 4)).astype(np.float32)
   x[5] = x[3]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from groundwork import native
 from groundwork.encoders import ResNet18Tiny, fast_conv, onednn_conv
 from groundwork.encoders.cnn13 import CNN13Tiny
 
@@ -177,7 +178,7 @@ def test_build_is_cached_and_redone_when_the_source_changes(monkeypatch, tmp_pat
 
 def test_missing_onednn_names_what_to_install(monkeypatch, tmp_path):
   monkeypatch.delenv('ONEDNN_ROOT', raising=False)
-  monkeypatch.setattr(onednn_conv.sys, 'prefix', str(tmp_path))
-  monkeypatch.setattr(onednn_conv.sysconfig, 'get_config_var', lambda name: str(tmp_path))
+  monkeypatch.setattr(native.sys, 'prefix', str(tmp_path))
+  monkeypatch.setattr(native.sysconfig, 'get_config_var', lambda name: str(tmp_path))
   with pytest.raises(FileNotFoundError, match='onednn-devel-cpu-gomp'):
     onednn_conv.build(force=True)

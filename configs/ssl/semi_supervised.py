@@ -132,7 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lp.alpha = 0.99
   c.lp.cg_iterations = 20
   c.lp.clip_negative = True  # The paper's affinities; the reference code does not clip.
-  c.lp.knn_backend = 'auto'  # faiss on CPU, exact JAX search on GPU/TPU.
+  c.lp.knn_backend = 'auto'  # ssl/knn_cpu.cc (else faiss) on CPU, exact JAX search on GPU/TPU.
 
   # Mean Teacher needs two differently augmented views; Fashion-MNIST has no
   # augmentation of its own in the data layer, so it gets CIFAR's translate and flip

@@ -8,23 +8,16 @@ same function as `lax.conv_general_dilated` on float32 NHWC/HWIO inputs with any
 and non-negative explicit pads; its gradients are oneDNN's backward-data and
 backward-weights primitives. fast_conv.py decides where it is used (CPU only).
 
-The shared library is compiled from onednn_conv.cc on first use (about 3 s), against the
-oneDNN headers and library of the `onednn-devel-cpu-gomp` package (requirements.txt) and
-jaxlib's FFI headers, and cached next to this file, one build per jaxlib version; a source
-newer than the build triggers a rebuild. `make install` builds it explicitly and reports what
+The shared library is compiled from onednn_conv.cc on first use (about 3 s) by
+groundwork/native.py, against oneDNN and jaxlib's FFI headers, and cached next to this file,
+one build per jaxlib version. `make install` builds it explicitly and reports what
 it found (`onednn_conv.report()`). Where it cannot be built (no
 C++ compiler, no oneDNN, not x86-64 Linux) `available()` is False, fast_conv.py keeps its
 pure-JAX path and says why once.
 """
 
-import ctypes
 import functools
-import os
-import shutil
-import subprocess
 import sys
-import sysconfig
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+
+from groundwork import native
 
 Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -48,64 +43,16 @@ def library_path() -> Path:
     return SOURCE.with_name(f"_onednn_conv_jaxlib{jaxlib.__version__}.so")
 
 
-def _onednn_dirs() -> tuple[Path, Path]:
-    """(include dir, lib dir) of oneDNN: $ONEDNN_ROOT, else this Python's prefix."""
-    roots = [Path(os.environ["ONEDNN_ROOT"])] if os.environ.get("ONEDNN_ROOT") else []
-    roots += [Path(sys.prefix), Path(sysconfig.get_config_var("prefix") or sys.prefix)]
-    for root in roots:
-        include, lib = root / "include", root / "lib"
-        if (include / "oneapi" / "dnnl" / "dnnl.hpp").exists() and any(lib.glob("libdnnl.so*")):
-            return include, lib
-    searched = ", ".join(str(r) for r in roots)
-    raise FileNotFoundError(
-        f"oneDNN headers/library not found under {searched} (looked for include/oneapi/dnnl/"
-        "dnnl.hpp and lib/libdnnl.so): `pip install onednn-devel-cpu-gomp` (requirements.txt) "
-        "or set ONEDNN_ROOT to a oneDNN 3.x install.")
-
-
 def build(force: bool = False) -> Path:
     """Compiles onednn_conv.cc unless an up-to-date build exists; returns the library path."""
-    target = library_path()
-    if not force and target.exists() and target.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return target
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise FileNotFoundError("no C++ compiler: install g++ (apt-get install g++) or set CXX.")
-    include, lib = _onednn_dirs()
-    # Written under a temporary name and renamed, so a concurrent loader never sees half a file.
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
-        partial_path = Path(tmp.name)
-    command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-               f"-I{jax.ffi.include_dir()}", f"-I{include}", str(SOURCE),
-               f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}", "-o", str(partial_path)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        partial_path.unlink(missing_ok=True)
-        raise RuntimeError(f"building {target.name} failed:\n$ {' '.join(command)}\n"
-                           f"{done.stderr[-4000:]}")
-    partial_path.replace(target)
-    return target
+    return native.build(SOURCE, library_path(), (f"-I{jax.ffi.include_dir()}",), force)
 
 
 @functools.cache
 def _registered() -> str | None:
     """Builds and registers the handlers once; None if that worked, else the reason."""
-    if not (sys.platform == "linux" and os.uname().machine == "x86_64"):
-        return "oneDNN convolutions are built for x86-64 Linux only"
     try:
-        path = build()
-        # oneDNN's OpenMP team should sleep between convolutions, not spin: XLA runs the
-        # fused elementwise work between them on its own threads, and on a 2-core machine
-        # spinning OpenMP threads took their cores (ResNet-12 step 14.1 -> 16.4 img/s with
-        # passive waiting). libgomp reads the policy once, when it is loaded, which is here
-        # (faiss and scikit-learn bring their own copies), so the setting stays with oneDNN.
-        saved = os.environ.get("OMP_WAIT_POLICY")
-        os.environ["OMP_WAIT_POLICY"] = saved or "PASSIVE"
-        try:
-            library = ctypes.cdll.LoadLibrary(str(path))
-        finally:
-            if saved is None:
-                del os.environ["OMP_WAIT_POLICY"]
+        library = native.load(SOURCE, library_path(), (f"-I{jax.ffi.include_dir()}",))
     except (OSError, RuntimeError) as error:
         return str(error)
     for name, symbol in _HANDLERS.items():
