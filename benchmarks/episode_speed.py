@@ -38,35 +38,40 @@ encoder, image size and normalisation; configs/fsl/implanting.py for the implant
 
 JAX runs on its CPU backend unless JAX_PLATFORMS is set (JAX_PLATFORMS=cuda on a GPU machine);
 `--torch-device cuda` runs the PyTorch side on the GPU. On CPU implants are trained one episode
-per call (`--implant-batch 1`, the README's CPU setting: vmapped per-episode convolutions become
-grouped convolutions, slow on XLA's CPU backend); elsewhere the config's batch_episodes (64).
+per call (`--implant-batch 1`; the oneDNN convolutions run a batch's episodes one after another,
+so larger batches gain nothing there: Conv-4 13.4 episodes/s at 1, 13.1 at 4); elsewhere the
+config's batch_episodes (64).
 Writes DIR/episode_speed.json.
 
-Measured on the 2-core development machine (CPU; JAX 0.10.2, XLA's CPU backend; PyTorch 2.13 with
-2 threads), default cases and options: 3 repeats of 4 (ResNet-12) and 1,000 (Conv-4) episodes
-for the per-episode figure, 10,000 episodes per classify-only call, 3 (ResNet-12) and 12 (Conv-4)
-implanting episodes one per batch; load average 1.0 at the start and 1.9 at the end (this
-benchmark's own two threads included); 6 minutes in all. Episodes/s, medians:
+Measured on the 2-core development machine (CPU; JAX 0.10.2, convolutions through oneDNN;
+PyTorch 2.13 with 2 threads), default cases and options: 3 repeats of 4 (ResNet-12) and 1,000
+(Conv-4) episodes for the per-episode figure, 10,000 episodes per classify-only call, 3
+(ResNet-12) and 12 (Conv-4) implanting episodes one per batch; load average 1.1 at the start
+and 1.9 at the end (this benchmark's own two threads included); 3.5 minutes in all
+(benchmarks/results/cpu_2core/episode_speed.json). Episodes/s, medians:
 
 | case | per-episode embed + classify: JAX | PyTorch | JAX/PyTorch | classify only, embedded once: JAX call (its compile incl.) | later batches | DC+IMP: JAX |
 |---|---|---|---|---|---|---|
-| ResNet-12 84x84x3 | 0.416 | 0.348 | 1.19 | 6,475 | 7,117 | 0.0225 (44.5 s/episode); 0.191 (5.25 s) now |
-| Conv-4 (pool_blocks=2) 28x28x1 | 113 | 40.1 | 2.83 | 41,376 | 117,335 | 2.45 (0.41 s/episode); 12.4 (0.08 s) now |
+| ResNet-12 84x84x3 | 0.718 | 0.357 | 2.01 | 7,970 | 8,147 | 0.556 (1.80 s/episode) |
+| Conv-4 (pool_blocks=2) 28x28x1 | 117 | 50.2 | 2.33 | 146,882 | 150,282 | 13.7 (0.07 s/episode) |
 
-What this shows: the forward pass is everything. Embedding an episode's 100 images costs 2.4 s
+With XLA's own convolutions (before onednn_conv.py) the same run gave: per episode 0.416 /
+0.348 (1.19x) and 113 / 40.1 (2.83x); DC+IMP 5.25 s and 0.08 s per episode, and 44.5 s and
+0.41 s before the implants' training steps ran on a cached frozen branch and, on CPU,
+unrolled.
+
+What this shows: the forward pass is everything. Embedding an episode's 100 images costs 1.4 s
 (ResNet-12) and 9 ms (Conv-4) in JAX, while classifying an episode from precomputed features
-costs 0.14 ms and 0.01 ms; embedding the test set once, as `evaluate` does, is what makes 10,000
-episodes take seconds (the 400-image pool: 19.4 images/s for ResNet-12 at embed_batch 256,
-4,294 for Conv-4). `episode_accuracies` then traced and compiled anew on every call (0.15-0.2
-s, in its first batch); it now compiles once per shape. Implanting trains 50 steps per
-episode: the table's first figures are from before those steps ran on a cached frozen branch
-and, on CPU, unrolled; "now" is `--cases resnet12_84,conv4_28 --episodes 4 --repeats 1
---implant-episodes 6` after that change (load average 2.3), 10,000 ResNet-12 episodes in
-about 15 hours on this CPU instead of five days (the paper's setting is a GPU run). Same weights in both frameworks: pooled features agree to 3e-7 (max relative
-difference); per-episode accuracies agree except in a few episodes (28 of 1,000 for Conv-4),
-by one query of 75 (the run prints the largest difference): random networks give nearly
-collinear features, and in the differing episodes examined the query's two best cosines were
-~1e-7 apart, a tie that float rounding breaks either way.
+costs 0.12 ms and 0.007 ms; embedding the test set once, as `evaluate` does, is what makes
+10,000 episodes take seconds (the 400-image pool: 59.6 images/s for ResNet-12 at embed_batch
+256, 4,033 for Conv-4). Implanting trains 50 steps per episode: 10,000 ResNet-12 episodes take
+about 5 hours on this CPU (the paper's setting is a GPU run).
+
+Same weights in both frameworks: pooled features agree to 6e-7 (max relative difference);
+per-episode accuracies agree except in a few episodes (30 of 1,000 for Conv-4), by one query
+of 75 (the run prints the largest difference): random networks give nearly collinear features,
+and in the differing episodes examined the query's two best cosines were ~1e-7 apart, a tie
+that float rounding breaks either way.
 """
 
 import argparse
