@@ -318,31 +318,25 @@ def test_build_encoder_names_and_kwargs():
         _abstract_init(Conv4(pool_blocks=5), (1, 28, 28, 1))
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 21, 21, 4), (1, 5, 6, 2), (1, 1, 2, 3)])
-def test_max_pool3_stride2_matches_reduce_window_in_values_and_gradients(shape):
-    """The CPU path (max of nine strided shifts) is torch's MaxPool2d(3, 2, 1)."""
-    from groundwork.encoders.layers import max_pool3_stride2  # pylint: disable=import-outside-toplevel
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    reference = lambda v: nn.max_pool(v, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    np.testing.assert_array_equal(max_pool3_stride2(x), reference(x))
-    loss = lambda pool: (lambda v: jnp.sum(jnp.sin(pool(v)) * jnp.arange(pool(v).size).reshape(
-        pool(v).shape)))
-    np.testing.assert_allclose(jax.grad(loss(max_pool3_stride2))(x), jax.grad(loss(reference))(x),
-                               rtol=1e-6, atol=1e-6)
-    if jax.default_backend() == "cpu":
-        assert "reduce_window" not in str(jax.make_jaxpr(max_pool3_stride2)(x))
+# The CPU paths against reduce_window: max_pool2 (reshape + max) is torch's MaxPool2d(2), odd
+# sizes floored; max_pool3_stride2 (max of nine strided shifts) is MaxPool2d(3, 2, 1).
+_POOLS = {
+    "max_pool2": lambda v: nn.max_pool(v, (2, 2), strides=(2, 2), padding="VALID"),
+    "max_pool3_stride2": lambda v: nn.max_pool(v, (3, 3), strides=(2, 2),
+                                               padding=((1, 1), (1, 1))),
+}
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 21, 21, 4), (1, 5, 6, 2)])
-def test_max_pool2_matches_reduce_window_in_values_and_gradients(shape):
-    """The CPU path (reshape + max) is torch's MaxPool2d(2): odd sizes floored."""
-    from groundwork.encoders.layers import max_pool2  # pylint: disable=import-outside-toplevel
+@pytest.mark.parametrize("name", list(_POOLS))
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 21, 21, 4), (1, 5, 6, 2), (1, 2, 3, 3)])
+def test_cpu_max_pools_match_reduce_window_in_values_and_gradients(name, shape):
+    from groundwork.encoders import layers  # pylint: disable=import-outside-toplevel
+    pool, reference = getattr(layers, name), _POOLS[name]
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    reference = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2), padding="VALID")
-    np.testing.assert_array_equal(max_pool2(x), reference(x))
-    loss = lambda pool: (lambda v: jnp.sum(jnp.sin(pool(v)) * jnp.arange(pool(v).size).reshape(
-        pool(v).shape)))
-    np.testing.assert_allclose(jax.grad(loss(max_pool2))(x), jax.grad(loss(reference))(x),
+    np.testing.assert_array_equal(pool(x), reference(x))
+    loss = lambda p: (lambda v: jnp.sum(jnp.sin(p(v)) * jnp.arange(p(v).size).reshape(
+        p(v).shape)))
+    np.testing.assert_allclose(jax.grad(loss(pool))(x), jax.grad(loss(reference))(x),
                                rtol=1e-6, atol=1e-6)
     if jax.default_backend() == "cpu":
-        assert "reduce_window" not in str(jax.make_jaxpr(max_pool2)(x))
+        assert "reduce_window" not in str(jax.make_jaxpr(pool)(x))
