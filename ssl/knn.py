@@ -18,7 +18,7 @@ Three engines give the same neighbours (up to ties):
   machine's memory.
 
 'auto' picks 'cpu' on CPU (faiss where it cannot be built): at N=50,000 it searches in
-1.7 s (d=128) where faiss takes 3.1 s (benchmarks/label_propagation.py); and the JAX search
+2.2 s (d=128) where faiss takes 3.0 s (benchmarks/label_propagation.py); and the JAX search
 on GPU/TPU, where it needs no extra dependency.
 """
 import ctypes
@@ -92,6 +92,7 @@ def _cpu_library():
   return search
 
 
+@functools.cache  # A failed build is not retried on every search.
 def cpu_unavailable_reason() -> str | None:
   """Why the 'cpu' engine cannot run here (no compiler, no oneDNN, ...), or None."""
   try:
