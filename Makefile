@@ -19,6 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	@# Compiles the oneDNN convolutions for CPU; says why not (and goes on) where it cannot.
 	$(PY) -c "from groundwork.encoders import onednn_conv; onednn_conv.report()"
+	$(PY) -c "from groundwork.encoders import onednn_layers; onednn_layers.report()"
 	touch $@
 
 # Debian's dataset-fashion-mnist ships the official IDX files; installed when apt

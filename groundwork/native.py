@@ -1,10 +1,10 @@
 """Compiling and loading the project's C++ kernels, which call oneDNN.
 
-Two kernels are C++: the CPU convolutions (groundwork/encoders/onednn_conv.cc, XLA FFI
-handlers) and the CPU kNN search of label propagation (ssl/knn_cpu.cc). Each is compiled with
+The C++ kernels: the CPU convolutions, BatchNorm and max-pools of the encoders
+(groundwork/encoders/onednn_conv.cc and onednn_layers.cc, XLA FFI handlers) and the CPU kNN search of label propagation (ssl/knn_cpu.cc). Each is compiled with
 g++ on first use (a few seconds) or by `make install`, against the oneDNN headers and library
 of the `onednn-devel-cpu-gomp` package (requirements.txt), and cached beside its source; a
-source newer than its build triggers a rebuild. Where that cannot happen (no compiler, no
+source (or a header beside it) newer than its build triggers a rebuild. Where that cannot happen (no compiler, no
 oneDNN, not x86-64 Linux) `load` raises with the reason, and callers fall back to their
 pure-Python paths.
 """
@@ -42,7 +42,10 @@ def onednn_dirs() -> tuple[Path, Path]:
 
 def build(source: Path, target: Path, extra_args: Sequence[str] = (), force: bool = False) -> Path:
     """Compiles `source` into the shared library `target` unless `target` is up to date."""
-    if not force and target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+    # Headers beside the source (onednn_common.h) count as its inputs too.
+    inputs = [source, *source.parent.glob("*.h")]
+    if not force and target.exists() and target.stat().st_mtime >= max(
+            path.stat().st_mtime for path in inputs):
         return target
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
@@ -81,3 +84,21 @@ def load(source: Path, target: Path, extra_args: tuple[str, ...] = ()) -> ctypes
     finally:
         if saved is None:
             del os.environ["OMP_WAIT_POLICY"]
+
+
+def ffi_compile_args() -> tuple[str, ...]:
+    """Compiler arguments of an XLA FFI library: the FFI headers that ship with jaxlib."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    return (f"-I{jax.ffi.include_dir()}",)
+
+
+def load_ffi(source: Path, target: Path, handlers: dict[str, str]) -> ctypes.CDLL:
+    """`load`s an XLA FFI library and registers `handlers` (target name -> symbol) for CPU."""
+    import jax  # pylint: disable=import-outside-toplevel
+
+    library = load(source, target, ffi_compile_args())
+    for name, symbol in handlers.items():
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                    platform="cpu")
+    return library

@@ -126,9 +126,10 @@ def test_encoder_step_matches_xla_path(monkeypatch, encoder, size):
   (value, grads), (value_xla, grads_xla) = results['onednn'], results['xla']
   np.testing.assert_allclose(value, value_xla, rtol=1e-5)
   # Relative to each gradient's scale (a few elements near zero differ in every digit), and
-  # absolute for gradients that are zero but for rounding (a bias just before BatchNorm).
+  # absolute for gradients that are zero but for rounding (a bias just before BatchNorm,
+  # whose BatchNorm now runs on oneDNN too: ~6e-6 there).
   for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(grads_xla)):
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(want))) + 1e-6)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(want))) + 2e-5)
 
 
 @needs_onednn
@@ -167,6 +168,7 @@ def test_selection_needs_the_library(monkeypatch):
 def test_build_is_cached_and_redone_when_the_source_changes(monkeypatch, tmp_path):
   source = tmp_path / 'onednn_conv.cc'
   shutil.copy(onednn_conv.SOURCE, source)
+  shutil.copy(onednn_conv.SOURCE.with_name('onednn_common.h'), tmp_path)
   monkeypatch.setattr(onednn_conv, 'SOURCE', source)
   built = onednn_conv.build()
   assert built.parent == tmp_path and built.exists()

@@ -24,6 +24,7 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+#include "onednn_common.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -31,10 +32,10 @@ using tag = dnnl::memory::format_tag;
 
 namespace {
 
-dnnl::engine& Engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
+using groundwork::Engine;
+using groundwork::Product;
+using groundwork::ThreadBuffer;
+using groundwork::UserScratchpad;
 
 // The geometry of one convolution: everything a primitive depends on.
 struct Geometry {
@@ -59,14 +60,6 @@ struct Geometry {
   memory::dims PadLow() const { return {pt, pl}; }
   memory::dims PadHigh() const { return {pb, pr}; }
 };
-
-// Scratchpads are the caller's (user mode) so concurrent calls from XLA's threads never
-// share one.
-dnnl::primitive_attr UserScratchpad() {
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  return attr;
-}
 
 // One tensor a primitive reads or writes: the layout XLA holds it in (NHWC, HWIO), the
 // layout the primitive wants, and so whether it goes through a reorder on the way.
@@ -133,16 +126,6 @@ Plan MakePlan(char kind, const Geometry& g, bool blocked) {
   return plan;
 }
 
-// Scratchpad and reordered operands live in per-thread buffers that only grow: a fresh
-// allocation per call would be mapped anew and page-faulted in on every step.
-void* ThreadBuffer(int slot, size_t bytes) {
-  thread_local std::vector<char> buffers[4];
-  auto& buffer = buffers[slot];
-  if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
-  auto address = reinterpret_cast<uintptr_t>(buffer.data());
-  return reinterpret_cast<void*>((address + 63) / 64 * 64);
-}
-
 void Execute(const Plan& plan, float* const data[3]) {
   auto& engine = Engine();
   dnnl::stream stream(engine);
@@ -205,12 +188,6 @@ const Plan& GetPlan(char kind, const Geometry& g) {
 // slice: `data` = (input, input, result) in the handler's order.
 void RunOne(char kind, const Geometry& g, float* const data[3]) {
   Execute(GetPlan(kind, g), data);
-}
-
-int64_t Product(ffi::Span<const int64_t> dims, size_t count) {
-  int64_t p = 1;
-  for (size_t i = 0; i < count; ++i) p *= dims[i];
-  return p;
 }
 
 // The slices of a (possibly vmapped) call: inputs NHWC `x` and HWIO-or-NHWC `b`, result `r`.

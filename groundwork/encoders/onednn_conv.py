@@ -43,25 +43,20 @@ def library_path() -> Path:
     return SOURCE.with_name(f"_onednn_conv_jaxlib{jaxlib.__version__}.so")
 
 
-def _compile_args() -> tuple[str, ...]:
-    return (f"-I{jax.ffi.include_dir()}",)  # the XLA FFI headers that ship with jaxlib
-
-
 def build(force: bool = False) -> Path:
     """Compiles onednn_conv.cc unless an up-to-date build exists; returns the library path."""
-    return native.build(SOURCE, library_path(), _compile_args(), force)
+    return native.build(SOURCE, library_path(), native.ffi_compile_args(), force)
 
 
 @functools.cache
 def _registered() -> str | None:
     """Builds and registers the handlers once; None if that worked, else the reason."""
     try:
-        library = native.load(SOURCE, library_path(), _compile_args())
+        native.load_ffi(SOURCE, library_path(),
+                        {f"groundwork_onednn_conv_{name}": symbol
+                         for name, symbol in _HANDLERS.items()})
     except (OSError, RuntimeError) as error:
         return str(error)
-    for name, symbol in _HANDLERS.items():
-        jax.ffi.register_ffi_target(f"groundwork_onednn_conv_{name}",
-                                    jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     return None
 
 

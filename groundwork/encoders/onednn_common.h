@@ -1,0 +1,49 @@
+// What the oneDNN handlers of onednn_conv.cc and onednn_layers.cc share: the engine, the
+// scratchpad policy, per-thread staging buffers and the FFI slice bookkeeping.
+#ifndef GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
+#define GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace groundwork {
+
+inline dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// Scratchpads are the caller's (user mode) so concurrent calls from XLA's threads never
+// share one.
+inline dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+// Scratchpads and reordered operands live in per-thread buffers that only grow: a fresh
+// allocation per call would be mapped anew and page-faulted in on every step.
+inline void* ThreadBuffer(int slot, size_t bytes) {
+  thread_local std::vector<char> buffers[4];
+  auto& buffer = buffers[slot];
+  if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
+  auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<void*>((address + 63) / 64 * 64);
+}
+
+inline dnnl::memory Scratchpad(const dnnl::memory::desc& desc, int slot) {
+  return dnnl::memory(desc, Engine(), ThreadBuffer(slot, desc.get_size()));
+}
+
+inline int64_t Product(xla::ffi::Span<const int64_t> dims, size_t count) {
+  int64_t p = 1;
+  for (size_t i = 0; i < count; ++i) p *= dims[i];
+  return p;
+}
+
+}  // namespace groundwork
+
+#endif  // GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
