@@ -1,11 +1,12 @@
 """Compiling and loading the project's C++ kernels, which call oneDNN.
 
-The C++ kernels: the CPU convolutions, BatchNorm and max-pools of the encoders
-(groundwork/encoders/onednn_conv.cc and onednn_layers.cc, XLA FFI handlers) and the CPU kNN search of label propagation (ssl/knn_cpu.cc). Each is compiled with
-g++ on first use (a few seconds) or by `make install`, against the oneDNN headers and library
-of the `onednn-devel-cpu-gomp` package (requirements.txt), and cached beside its source; a
-source (or a header beside it) newer than its build triggers a rebuild. Where that cannot happen (no compiler, no
-oneDNN, not x86-64 Linux) `load` raises with the reason, and callers fall back to their
+The C++ kernels: the encoders' CPU convolutions, BatchNorm and max-pools
+(groundwork/encoders/onednn_conv.cc and onednn_layers.cc, XLA FFI handlers) and the CPU kNN
+search of label propagation (ssl/knn_cpu.cc). Each is compiled with g++ on first use (a few
+seconds) or by `make install`, against the oneDNN headers and library of the
+`onednn-devel-cpu-gomp` package (requirements.txt), and cached beside its source; a source
+(or a header beside it) newer than its build triggers a rebuild. Where that cannot happen (no
+compiler, no oneDNN, not x86-64 Linux) `load` raises with the reason, and callers fall back to their
 pure-Python paths.
 """
 
