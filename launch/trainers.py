@@ -11,6 +11,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from groundwork import host_memory
+
 TRAINERS = {'fsl': 'fsl.train', 'fsl_implanting': 'fsl.train_implanting',
             'ssl': 'semisup.train'}
 
@@ -23,6 +25,8 @@ def trainer_module(config):
 
 def launch(entry_point: str, workdir_help: str) -> None:
   """Parses --config and --workdir, then calls `<trainer>.<entry_point>(config, workdir)`."""
+  # Before JAX starts: glibc takes its tunables only at process start (see host_memory).
+  host_memory.reexec_with_huge_pages()
   config = config_flags.DEFINE_config_file('config', None, 'Config file (path[:args]).',
                                            lock_config=True)
   workdir = flags.DEFINE_string('workdir', None, workdir_help)
