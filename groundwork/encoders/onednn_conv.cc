@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -184,10 +185,60 @@ const Plan& GetPlan(char kind, const Geometry& g) {
   return *plans.emplace(key, plan).first->second;
 }
 
+// Where the weight gradient runs as one matrix product instead of oneDNN's convolution
+// primitive, whose backward-weights kernels parallelise poorly over few output pixels.
+// Measured on the 2-core AVX-512 machine (ms, primitive incl. its reorder to HWIO against
+// gathering the patches + sgemm, 3x3 pad-1 kernels): 64x2x2x640->640 19.7 vs 5.3, 64x3x3x512->512
+// 14.1 vs 8.5, 16x3x3x640 6.4 vs 3.1, 64x2x2x320 3.1 vs 1.7; on 4x4-5x5 maps it wins only with
+// 512+ input channels (64x4x4x512 18.8 vs 14.7, 16x5x5x640 11.1 vs 8.5; 64x5x5x320 8.6 vs 9.9,
+// 64x4x4x256 3.8 vs 4.4); on 6x6 and larger the primitive wins (64x6x6x256 7.2 vs 9.9).
+// GROUNDWORK_ONEDNN_WEIGHT_GRADIENT=primitive|product forces one (for benchmarking).
+bool UseMatrixProduct(const Geometry& g) {
+  static const char* forced = std::getenv("GROUNDWORK_ONEDNN_WEIGHT_GRADIENT");
+  if (forced != nullptr && std::string(forced) == "primitive") return false;
+  if (forced != nullptr && std::string(forced) == "product") return true;
+  int64_t pixels = g.oh * g.ow;
+  return pixels <= 9 || (pixels <= 25 && g.c_in >= 512);
+}
+
+// dW[kh, kw, ci, co] = sum over (n, oh, ow) of x[n, oh*sh + kh - pt, ow*sw + kw - pl, ci] *
+// dy[n, oh, ow, co]: patches^T dy, with patches[(n, oh, ow), (kh, kw, ci)] gathered from NHWC
+// x (zeros in the pads) and dy as XLA holds it; the product's row-major result is HWIO.
+void WeightGradientByProduct(const Geometry& g, const float* x, const float* dy, float* dw) {
+  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
+  size_t pixel_bytes = g.c_in * sizeof(float);
+  auto* patches = static_cast<float*>(ThreadBuffer(0, rows * cols * sizeof(float)));
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t n = r / (g.oh * g.ow), oy = r / g.ow % g.oh, ox = r % g.ow;
+    float* out = patches + r * cols;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      int64_t iy = oy * g.sh + i - g.pt;
+      for (int64_t j = 0; j < g.kw; ++j, out += g.c_in) {
+        int64_t ix = ox * g.sw + j - g.pl;
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+          std::memset(out, 0, pixel_bytes);
+        } else {
+          std::memcpy(out, x + ((n * g.h + iy) * g.w + ix) * g.c_in, pixel_bytes);
+        }
+      }
+    }
+  }
+  dnnl::status status = dnnl::sgemm('T', 'N', cols, g.c_out, rows, 1.0f, patches, cols, dy,
+                                    g.c_out, 0.0f, dw, g.c_out);
+  if (status != dnnl::status::success) {
+    throw dnnl::error(static_cast<dnnl_status_t>(status), "sgemm of the weight gradient");
+  }
+}
+
 // Runs convolution `kind` ('f' forward, 'd' input gradient, 'w' weight gradient) on one
 // slice: `data` = (input, input, result) in the handler's order.
 void RunOne(char kind, const Geometry& g, float* const data[3]) {
-  Execute(GetPlan(kind, g), data);
+  if (kind == 'w' && UseMatrixProduct(g)) {
+    WeightGradientByProduct(g, data[0], data[1], data[2]);
+  } else {
+    Execute(GetPlan(kind, g), data);
+  }
 }
 
 // The slices of a (possibly vmapped) call: inputs NHWC `x` and HWIO-or-NHWC `b`, result `r`.
