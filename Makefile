@@ -9,7 +9,7 @@ OMNIGLOT_DIR ?= $(abspath ../shared/data/omniglot)
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 WORKDIR ?= workdirs/quickstart
 
-.PHONY: install data quickstart test benchmark
+.PHONY: install data allocator quickstart test benchmark
 
 install: $(VENV)/.installed
 
@@ -31,9 +31,19 @@ data:
 	    || echo "warning: could not install dataset-fashion-mnist; its tests will be skipped."; \
 	fi
 
-quickstart: install data
+# jemalloc keeps XLA's freed step buffers for reuse instead of returning them to the kernel
+# and faulting them back in every step (groundwork/host_memory.py; the launch scripts preload
+# it when present). Installed when apt is available and it is missing.
+allocator:
+	@if ! ls /usr/lib/*/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2 >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjemalloc2 >/dev/null; } \
+	    || echo "warning: could not install libjemalloc2; CPU training falls back to huge pages (slower)."; \
+	fi
+
+quickstart: install data allocator
 	$(PY) launch/train.py --config=configs/fsl/dense_classification.py:dataset=omniglot,encoder=conv4,quick \
 	  --config.data_dir=$(OMNIGLOT_DIR) --workdir=$(WORKDIR)
 
-test: install data
+test: install data allocator
 	OMNIGLOT_DIR=$(OMNIGLOT_DIR) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m pytest -q -x --durations=15

@@ -1,18 +1,26 @@
-"""Transparent huge pages for the large host allocations of training on the CPU.
+"""The host memory allocator for training on the CPU: keep freed pages instead of refaulting them.
 
-XLA's CPU runtime allocates each step's buffers (activations, gradients) afresh, and glibc
-serves allocations that large with new anonymous mappings, so every step first-touches every
-page of them: for ResNet-18 at 84x84, batch 64, ~68,000 page faults (~280 MB) and ~0.12 s of
-kernel time per step on a 2-core machine. glibc's `glibc.malloc.hugetlb=1` tunable makes
-malloc ask for transparent huge pages on those mappings (madvise), which takes the faults
-below 1,000 per step (README, "Training speed").
+XLA's CPU runtime allocates each step's buffers (activations, gradients) afresh, and glibc's
+malloc serves allocations that large with new mappings and unmaps them when freed, so every
+step first-touches every page again: for ResNet-18 at 84x84, batch 64, ~68,000 page faults
+(~280 MB) and 0.1-0.3 s of kernel time per step on the 2-core machine, worst after any pause
+(the kernel hands freed memory back to the hypervisor). PyTorch reuses its (smaller) blocks
+from glibc's heap and barely notices.
 
-glibc reads its tunables once, when the process starts, so `reexec_with_huge_pages()`
-re-executes the current command with the tunable added to GLIBC_TUNABLES; the launch
-scripts call it before anything else. It does nothing, and returns, where it cannot help:
-not Linux with glibc >= 2.35, transparent huge pages not in `madvise` mode (`always`
-already gives them; `never` refuses them), JAX set to compute on an accelerator, or
-GROUNDWORK_HUGE_PAGES=0. Imports nothing heavy, so the re-exec costs one interpreter start.
+`reexec_with_fast_allocator()` re-executes the current command, before JAX starts, with the
+allocator that fixes this where one is available (choice: GROUNDWORK_ALLOCATOR=auto|jemalloc|
+hugepages|system, default auto = the first that applies):
+  jemalloc: LD_PRELOAD of libjemalloc (Debian: `apt-get install libjemalloc2`, which
+    `make test` does), with MALLOC_CONF keeping freed large blocks for reuse for 30 s
+    (`oversize_threshold:0` stops jemalloc from returning big blocks at once): no page
+    faults in steady state. PyTorch's CPU tuning guide recommends the same preload.
+  hugepages: glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35, transparent huge
+    pages in `madvise` mode): the same faults in 2 MiB pages, ~500 per step.
+  system: leave malloc alone.
+Both settings are environment variables read once when a process starts, hence the re-exec;
+they pass to child processes (the PyTorch side of benchmarks/train_speed.py runs under the
+same allocator). Nothing happens where JAX is set to compute on an accelerator. Figures:
+README, "Training speed against PyTorch".
 """
 
 import importlib.util
@@ -20,9 +28,16 @@ import os
 import platform
 import sys
 
-TUNABLE = "glibc.malloc.hugetlb=1"
+CHOICE = "GROUNDWORK_ALLOCATOR"
+CHOICES = ("auto", "jemalloc", "hugepages", "system")
+# Set in the re-executed process, so it never re-executes again.
+DONE = "GROUNDWORK_ALLOCATOR_SET"
+JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2",
+                  "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-OPT_OUT = "GROUNDWORK_HUGE_PAGES"
 # Modules of the JAX plugins and libraries that put JAX on an accelerator by default.
 ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                        "jax_rocm7_plugin", "libtpu")
@@ -47,7 +62,14 @@ def glibc_version() -> tuple[int, ...] | None:
     return tuple(int(part) for part in version.split(".")[:2])
 
 
-def jax_computes_on_cpu(environ: os._Environ | dict) -> bool:
+def find_jemalloc(environ) -> str | None:
+    """Path of libjemalloc: $CONDA_PREFIX/lib, then the system's library directories."""
+    prefix = environ.get("CONDA_PREFIX")
+    candidates = ((os.path.join(prefix, "lib", "libjemalloc.so.2"),) if prefix else ())
+    return next((p for p in candidates + JEMALLOC_PATHS if os.path.exists(p)), None)
+
+
+def jax_computes_on_cpu(environ) -> bool:
     """Whether JAX will pick the CPU, decided without importing it (importing would be late).
 
     JAX_PLATFORMS decides when set; otherwise JAX takes an accelerator whenever a plugin for
@@ -59,31 +81,44 @@ def jax_computes_on_cpu(environ: os._Environ | dict) -> bool:
     return not any(importlib.util.find_spec(name) for name in ACCELERATOR_MODULES)
 
 
-def huge_pages_would_help(environ: os._Environ | dict) -> str | None:
-    """None when the re-exec should happen, else why not (for logs and tests)."""
-    if environ.get(OPT_OUT, "1") == "0":
-        return f"{OPT_OUT}=0"
-    if TUNABLE in environ.get("GLIBC_TUNABLES", "").split(":"):
-        return "already set"
-    if not sys.platform.startswith("linux"):
-        return f"not Linux ({sys.platform})"
-    version = glibc_version()
-    if version is None or version < (2, 35):
-        return f"needs glibc >= 2.35 (found {platform.libc_ver()})"
-    mode = transparent_huge_page_mode()
-    if mode != "madvise":
-        return f"transparent huge pages are {mode!r}, not 'madvise'"
-    if not jax_computes_on_cpu(environ):
-        return "JAX computes on an accelerator"
-    return None
+def allocator_settings(environ) -> tuple[str, dict[str, str]]:
+    """(allocator, environment variables to set) for this machine; ("system", {}) to do nothing.
+
+    Raises ValueError for a GROUNDWORK_ALLOCATOR it does not know, or a choice that this
+    machine cannot honour (jemalloc not installed, huge pages unavailable).
+    """
+    choice = environ.get(CHOICE, "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"{CHOICE}={choice!r}: choose one of {', '.join(CHOICES)}.")
+    if choice == "system" or environ.get(DONE) or not sys.platform.startswith("linux"):
+        return "system", {}
+    if choice == "auto" and not jax_computes_on_cpu(environ):
+        return "system", {}
+    if choice in ("auto", "jemalloc"):
+        library = find_jemalloc(environ)
+        if library is not None:
+            preload = " ".join(p for p in (library, environ.get("LD_PRELOAD", "")) if p)
+            return "jemalloc", {"LD_PRELOAD": preload,
+                                "MALLOC_CONF": environ.get("MALLOC_CONF", JEMALLOC_CONF)}
+        if choice == "jemalloc":
+            raise ValueError(f"{CHOICE}=jemalloc but libjemalloc.so.2 is not in "
+                             f"{', '.join(JEMALLOC_PATHS)}: `apt-get install libjemalloc2`.")
+    version, mode = glibc_version(), transparent_huge_page_mode()
+    if version is not None and version >= (2, 35) and mode == "madvise":
+        tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
+        return "hugepages", {"GLIBC_TUNABLES": ":".join([*tunables, HUGETLB_TUNABLE])}
+    if choice == "hugepages":
+        raise ValueError(f"{CHOICE}=hugepages needs glibc >= 2.35 (found {platform.libc_ver()}) "
+                         f"and transparent huge pages in 'madvise' mode (found {mode!r}).")
+    return "system", {}
 
 
-def reexec_with_huge_pages() -> None:
-    """Re-executes this command with glibc's hugetlb tunable where it helps; else returns."""
-    if huge_pages_would_help(os.environ) is not None:
+def reexec_with_fast_allocator() -> None:
+    """Re-executes this command under `allocator_settings`; returns where there is nothing to do."""
+    allocator, settings = allocator_settings(os.environ)
+    if not settings:
         return
-    existing = os.environ.get("GLIBC_TUNABLES")
-    os.environ["GLIBC_TUNABLES"] = f"{existing}:{TUNABLE}" if existing else TUNABLE
+    os.environ.update(settings, **{DONE: allocator})
     sys.stdout.flush()
     sys.stderr.flush()
     # orig_argv keeps the interpreter's own options and `-m module`, which argv loses.

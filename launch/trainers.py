@@ -25,8 +25,8 @@ def trainer_module(config):
 
 def launch(entry_point: str, workdir_help: str) -> None:
   """Parses --config and --workdir, then calls `<trainer>.<entry_point>(config, workdir)`."""
-  # Before JAX starts: glibc takes its tunables only at process start (see host_memory).
-  host_memory.reexec_with_huge_pages()
+  # Before JAX starts: the allocator is chosen when a process starts (see host_memory).
+  host_memory.reexec_with_fast_allocator()
   config = config_flags.DEFINE_config_file('config', None, 'Config file (path[:args]).',
                                            lock_config=True)
   workdir = flags.DEFINE_string('workdir', None, workdir_help)

@@ -1,4 +1,4 @@
-"""Huge pages for training on the CPU: when the launcher re-executes itself, and that it helps."""
+"""The launcher's allocator choice: when it re-executes, with what, and that it stops the faults."""
 import json
 import os
 import subprocess
@@ -9,38 +9,76 @@ import pytest
 
 from groundwork import host_memory
 
-# Re-executes (counting its starts on stderr), then first-touches a 64 MiB allocation and
-# reports the page faults that took: 16,384 with 4 KiB pages, ~32 with 2 MiB ones.
+# Re-executes (counting its starts on stderr), then allocates and frees a 64 MiB block five
+# times, touching every page, and reports the page faults that took: 16,384 per round with
+# fresh 4 KiB pages, ~32 with huge pages, none when the allocator keeps the block.
 PROBE = textwrap.dedent('''
     import ctypes, json, os, resource, sys
     from groundwork import host_memory
     print('start', file=sys.stderr, flush=True)
-    host_memory.reexec_with_huge_pages()
+    host_memory.reexec_with_fast_allocator()
     libc = ctypes.CDLL(None)
     libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    buffer = libc.malloc(64 << 20)  # Plain malloc: numpy asks for huge pages on its own.
-    ctypes.memset(buffer, 1, 64 << 20)
+    for _ in range(5):  # Plain malloc: numpy asks for huge pages on its own.
+        block = libc.malloc(64 << 20)
+        ctypes.memset(block, 1, 64 << 20)
+        libc.free(block)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    print(json.dumps([os.environ.get('GLIBC_TUNABLES', ''), faults]))
+    print(json.dumps([os.environ.get(host_memory.DONE, 'system'), faults]))
 ''')
+ROUND = 16384  # 4 KiB pages in 64 MiB
 
 
 def _probe(**env):
   environ = {k: v for k, v in os.environ.items()
-             if k not in ('GLIBC_TUNABLES', host_memory.OPT_OUT)}
+             if k not in ('GLIBC_TUNABLES', 'LD_PRELOAD', 'MALLOC_CONF', host_memory.CHOICE,
+                          host_memory.DONE)}
   done = subprocess.run([sys.executable, '-c', PROBE], env={**environ, **env}, text=True,
                         capture_output=True, check=True, timeout=120)
-  tunables, faults = json.loads(done.stdout.strip().splitlines()[-1])
-  return done.stderr.count('start'), tunables, faults
+  allocator, faults = json.loads(done.stdout.strip().splitlines()[-1])
+  return done.stderr.count('start'), allocator, faults
 
 
-def test_reasons_not_to_reexec():
-  assert host_memory.huge_pages_would_help({host_memory.OPT_OUT: '0'}) == 'GROUNDWORK_HUGE_PAGES=0'
-  assert host_memory.huge_pages_would_help(
-      {'GLIBC_TUNABLES': f'glibc.malloc.check=0:{host_memory.TUNABLE}'}) == 'already set'
-  assert not host_memory.jax_computes_on_cpu({'JAX_PLATFORMS': 'cuda,cpu'})
-  assert host_memory.jax_computes_on_cpu({'JAX_PLATFORMS': 'cpu'})
+def _available(choice):
+  try:
+    return host_memory.allocator_settings({'JAX_PLATFORMS': 'cpu', host_memory.CHOICE: choice})[0]
+  except ValueError:
+    return None
+
+
+def test_choices_and_their_errors(monkeypatch):
+  cpu = {'JAX_PLATFORMS': 'cpu'}
+  assert host_memory.allocator_settings({**cpu, host_memory.CHOICE: 'system'}) == ('system', {})
+  assert host_memory.allocator_settings({**cpu, host_memory.DONE: 'jemalloc'}) == ('system', {})
+  assert host_memory.allocator_settings({'JAX_PLATFORMS': 'cuda,cpu'}) == ('system', {})
+  with pytest.raises(ValueError, match='GROUNDWORK_ALLOCATOR=.tcmalloc.: choose one of'):
+    host_memory.allocator_settings({**cpu, host_memory.CHOICE: 'tcmalloc'})
+  monkeypatch.setattr(host_memory, 'JEMALLOC_PATHS', ())
+  with pytest.raises(ValueError, match='apt-get install libjemalloc2'):
+    host_memory.allocator_settings({**cpu, host_memory.CHOICE: 'jemalloc'})
+  monkeypatch.setattr(host_memory, 'transparent_huge_page_mode', lambda: 'never')
+  with pytest.raises(ValueError, match="found 'never'"):
+    host_memory.allocator_settings({**cpu, host_memory.CHOICE: 'hugepages'})
+  assert host_memory.allocator_settings(cpu) == ('system', {})  # auto, nothing applies
+
+
+def test_settings_keep_what_the_user_set(monkeypatch, tmp_path):
+  library = tmp_path / 'libjemalloc.so.2'
+  library.touch()
+  monkeypatch.setattr(host_memory, 'JEMALLOC_PATHS', (str(library),))
+  name, settings = host_memory.allocator_settings(
+      {'JAX_PLATFORMS': 'cpu', 'LD_PRELOAD': 'libmine.so', 'MALLOC_CONF': 'narenas:1'})
+  assert name == 'jemalloc'
+  assert settings == {'LD_PRELOAD': f'{library} libmine.so', 'MALLOC_CONF': 'narenas:1'}
+  monkeypatch.setattr(host_memory, 'transparent_huge_page_mode', lambda: 'madvise')
+  monkeypatch.setattr(host_memory, 'glibc_version', lambda: (2, 36))
+  name, settings = host_memory.allocator_settings(
+      {'JAX_PLATFORMS': 'cpu', host_memory.CHOICE: 'hugepages',
+       'GLIBC_TUNABLES': 'glibc.malloc.check=0'})
+  assert (name, settings) == ('hugepages', {
+      'GLIBC_TUNABLES': f'glibc.malloc.check=0:{host_memory.HUGETLB_TUNABLE}'})
 
 
 def test_reads_the_kernel_mode(tmp_path):
@@ -50,19 +88,22 @@ def test_reads_the_kernel_mode(tmp_path):
   assert host_memory.transparent_huge_page_mode(str(tmp_path / 'absent')) is None
 
 
-@pytest.mark.skipif(host_memory.huge_pages_would_help({'JAX_PLATFORMS': 'cpu'}) is not None,
-                    reason=f"{host_memory.huge_pages_would_help({'JAX_PLATFORMS': 'cpu'})}")
-def test_reexec_once_and_large_allocations_get_huge_pages():
-  starts, tunables, faults = _probe(JAX_PLATFORMS='cpu')
-  assert starts == 2 and tunables == host_memory.TUNABLE
-  starts_off, tunables_off, faults_off = _probe(JAX_PLATFORMS='cpu', GROUNDWORK_HUGE_PAGES='0')
-  assert starts_off == 1 and tunables_off == ''
-  assert faults_off >= 16384 and faults < faults_off // 8, (faults, faults_off)
+def test_system_allocator_faults_every_round():
+  starts, allocator, faults = _probe(JAX_PLATFORMS='cpu', GROUNDWORK_ALLOCATOR='system')
+  assert (starts, allocator) == (1, 'system')
+  assert faults >= 5 * ROUND
+  assert _probe(JAX_PLATFORMS='cuda')[:2] == (1, 'system')
 
 
-def test_keeps_existing_tunables_and_leaves_accelerator_runs_alone():
-  starts, _, _ = _probe(JAX_PLATFORMS='cuda')
-  assert starts == 1
-  if host_memory.huge_pages_would_help({'JAX_PLATFORMS': 'cpu'}) is None:
-    starts, tunables, _ = _probe(JAX_PLATFORMS='cpu', GLIBC_TUNABLES='glibc.malloc.check=0')
-    assert starts == 2 and tunables == f'glibc.malloc.check=0:{host_memory.TUNABLE}'
+@pytest.mark.skipif(_available('jemalloc') != 'jemalloc', reason='libjemalloc2 not installed')
+def test_jemalloc_reexecs_once_and_keeps_freed_blocks():
+  starts, allocator, faults = _probe(JAX_PLATFORMS='cpu')  # auto picks it first
+  assert (starts, allocator) == (2, 'jemalloc')
+  assert faults < 2 * ROUND, faults  # the first round only
+
+
+@pytest.mark.skipif(_available('hugepages') != 'hugepages', reason='no glibc huge pages here')
+def test_huge_pages_reexec_once_and_take_fewer_faults():
+  starts, allocator, faults = _probe(JAX_PLATFORMS='cpu', GROUNDWORK_ALLOCATOR='hugepages')
+  assert (starts, allocator) == (2, 'hugepages')
+  assert faults < 5 * ROUND // 8, faults
