@@ -7,6 +7,8 @@ network and step in PyTorch (benchmarks/torch_step.py, run by an interpreter tha
 on the same uint8 inputs, timed in alternating repeats. Reports median images/s of each, their
 ratio, and achieved GFLOP/s (3 x the forward FLOPs that XLA's cost analysis counts) against
 the machine's peak, measured here as the best of a few 4096^3 float32 matmuls in each framework.
+On CPU it first re-executes itself under the allocator the launch scripts use (jemalloc where
+installed, groundwork/host_memory.py), which the PyTorch worker inherits.
 
   pip install -r benchmarks/requirements-benchmark.txt   # or into a separate venv, then
   python benchmarks/train_speed.py --torch-python=/path/to/venv/bin/python --out=DIR
