@@ -103,3 +103,55 @@ def load_ffi(source: Path, target: Path, handlers: dict[str, str]) -> ctypes.CDL
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
                                     platform="cpu")
     return library
+
+
+class FfiLibrary:
+    """One of the project's XLA FFI libraries: its source, its build beside it (one per jaxlib
+    version) and the handlers (target name -> symbol) it registers for CPU on first load.
+
+    A failed build or load is kept, with its reason, so it is not retried on every call.
+    """
+
+    def __init__(self, source: Path, handlers: dict[str, str], description: str):
+        self.source, self.handlers, self.description = source, dict(handlers), description
+
+    def path(self) -> Path:
+        import jaxlib  # pylint: disable=import-outside-toplevel
+
+        return self.source.with_name(f"_{self.source.stem}_jaxlib{jaxlib.__version__}.so")
+
+    def build(self, force: bool = False) -> Path:
+        """Compiles the source unless an up-to-date build exists; returns the library path."""
+        return build(self.source, self.path(), ffi_compile_args(), force)
+
+    @functools.cached_property
+    def _loaded(self) -> tuple[ctypes.CDLL | None, str | None]:
+        try:
+            return load_ffi(self.source, self.path(), self.handlers), None
+        except (OSError, RuntimeError) as error:
+            return None, str(error)
+
+    def unavailable_reason(self) -> str | None:
+        """Why the handlers cannot run here, or None once they are built and registered."""
+        return self._loaded[1]
+
+    def available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def require(self) -> ctypes.CDLL:
+        """The loaded library; raises RuntimeError with the reason where there is none."""
+        library, reason = self._loaded
+        if library is None:
+            raise RuntimeError(f"{self.description} unavailable: {reason}")
+        return library
+
+    def report(self, without_it: str) -> bool:
+        """Builds if needed and prints where the library is, or why there is none and
+        `without_it` (what that costs); for `make install`."""
+        reason = self.unavailable_reason()
+        if reason is None:
+            print(f"{self.description} ready: {self.path()}")
+        else:
+            print(f"warning: {self.description} unavailable, {without_it}: {reason}",
+                  file=sys.stderr)
+        return reason is None

@@ -172,17 +172,17 @@ def test_selection_needs_the_library(monkeypatch):
 
 
 @needs_onednn
-def test_build_is_cached_and_redone_when_the_source_changes(monkeypatch, tmp_path):
+def test_build_is_cached_and_redone_when_the_source_changes(tmp_path):
   source = tmp_path / 'onednn_conv.cc'
-  shutil.copy(onednn_conv.SOURCE, source)
-  shutil.copy(onednn_conv.SOURCE.with_name('onednn_common.h'), tmp_path)
-  monkeypatch.setattr(onednn_conv, 'SOURCE', source)
-  built = onednn_conv.build()
+  shutil.copy(onednn_conv.LIBRARY.source, source)
+  shutil.copy(onednn_conv.LIBRARY.source.with_name('onednn_common.h'), tmp_path)
+  library = native.FfiLibrary(source, onednn_conv.LIBRARY.handlers, 'a copy')
+  built = library.build()
   assert built.parent == tmp_path and built.exists()
   first = built.stat().st_mtime_ns
-  assert onednn_conv.build().stat().st_mtime_ns == first
+  assert library.build().stat().st_mtime_ns == first
   os.utime(source, ns=(first + 10**9, first + 10**9))
-  assert onednn_conv.build().stat().st_mtime_ns > first
+  assert library.build().stat().st_mtime_ns > first
 
 
 def test_missing_onednn_names_what_to_install(monkeypatch, tmp_path):
@@ -190,4 +190,4 @@ def test_missing_onednn_names_what_to_install(monkeypatch, tmp_path):
   monkeypatch.setattr(native.sys, 'prefix', str(tmp_path))
   monkeypatch.setattr(native.sysconfig, 'get_config_var', lambda name: str(tmp_path))
   with pytest.raises(FileNotFoundError, match='onednn-devel-cpu-gomp'):
-    onednn_conv.build(force=True)
+    onednn_conv.LIBRARY.build(force=True)

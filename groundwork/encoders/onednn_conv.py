@@ -17,14 +17,12 @@ pure-JAX path and says why once.
 """
 
 import functools
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 
 from groundwork import native
@@ -32,41 +30,17 @@ from groundwork import native
 Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
-SOURCE = Path(__file__).with_name("onednn_conv.cc")
-_HANDLERS = {"forward": "GroundworkOnednnConvForward",
-             "input_gradient": "GroundworkOnednnConvInputGradient",
-             "weight_gradient": "GroundworkOnednnConvWeightGradient"}
+LIBRARY = native.FfiLibrary(
+    Path(__file__).with_name("onednn_conv.cc"),
+    {"groundwork_onednn_conv_forward": "GroundworkOnednnConvForward",
+     "groundwork_onednn_conv_input_gradient": "GroundworkOnednnConvInputGradient",
+     "groundwork_onednn_conv_weight_gradient": "GroundworkOnednnConvWeightGradient"},
+    "oneDNN convolutions")
 
 
-def library_path() -> Path:
-    """Where the compiled handlers live: beside the source, named by the jaxlib version."""
-    return SOURCE.with_name(f"_onednn_conv_jaxlib{jaxlib.__version__}.so")
-
-
-def build(force: bool = False) -> Path:
-    """Compiles onednn_conv.cc unless an up-to-date build exists; returns the library path."""
-    return native.build(SOURCE, library_path(), native.ffi_compile_args(), force)
-
-
-@functools.cache
-def _registered() -> str | None:
-    """Builds and registers the handlers once; None if that worked, else the reason."""
-    try:
-        native.load_ffi(SOURCE, library_path(),
-                        {f"groundwork_onednn_conv_{name}": symbol
-                         for name, symbol in _HANDLERS.items()})
-    except (OSError, RuntimeError) as error:
-        return str(error)
-    return None
-
-
-def unavailable_reason() -> str | None:
-    """Why the oneDNN path cannot run here, or None when it can."""
-    return _registered()
-
-
-def available() -> bool:
-    return _registered() is None
+# Module-level, so that callers (fast_conv.py) and tests see one switch per library.
+unavailable_reason = LIBRARY.unavailable_reason
+available = LIBRARY.available
 
 
 @functools.cache
@@ -87,9 +61,7 @@ def output_shape(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequen
 
 
 def _call(which: str, a: Array, b: Array, result_shape, strides, pads: Pads) -> Array:
-    reason = _registered()
-    if reason is not None:
-        raise RuntimeError(f"oneDNN convolutions unavailable: {reason}")
+    LIBRARY.require()
     # broadcast_all: under vmap every operand gets the batch axis, and the handler runs one
     # convolution per slice (implanting vmaps over episodes with per-episode kernels).
     return jax.ffi.ffi_call(f"groundwork_onednn_conv_{which}",
@@ -121,10 +93,4 @@ conv.defvjp(_conv_fwd, _conv_bwd)
 
 def report() -> bool:
     """Builds if needed and prints where the library is or why there is none (`make install`)."""
-    reason = unavailable_reason()
-    if reason is None:
-        print(f"oneDNN convolutions ready: {library_path()}")
-    else:
-        print(f"warning: oneDNN convolutions unavailable, CPU training will be slower: {reason}",
-              file=sys.stderr)
-    return reason is None
+    return LIBRARY.report("CPU training will be slower")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
@@ -36,39 +35,18 @@ from groundwork.encoders import fast_conv
 Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
-SOURCE = Path(__file__).with_name("onednn_layers.cc")
-_HANDLERS = {"groundwork_onednn_batch_norm_forward": "GroundworkOnednnBatchNormForward",
-             "groundwork_onednn_batch_norm_backward": "GroundworkOnednnBatchNormBackward",
-             "groundwork_onednn_max_pool_forward": "GroundworkOnednnMaxPoolForward",
-             "groundwork_onednn_max_pool_backward": "GroundworkOnednnMaxPoolBackward"}
+LIBRARY = native.FfiLibrary(
+    Path(__file__).with_name("onednn_layers.cc"),
+    {"groundwork_onednn_batch_norm_forward": "GroundworkOnednnBatchNormForward",
+     "groundwork_onednn_batch_norm_backward": "GroundworkOnednnBatchNormBackward",
+     "groundwork_onednn_max_pool_forward": "GroundworkOnednnMaxPoolForward",
+     "groundwork_onednn_max_pool_backward": "GroundworkOnednnMaxPoolBackward"},
+    "oneDNN BatchNorm/max-pool")
 
 
-def library_path() -> Path:
-    """Where the compiled handlers live: beside the source, named by the jaxlib version."""
-    return SOURCE.with_name(f"_onednn_layers_jaxlib{jaxlib.__version__}.so")
-
-
-def build(force: bool = False) -> Path:
-    """Compiles onednn_layers.cc unless an up-to-date build exists; returns the library path."""
-    return native.build(SOURCE, library_path(), native.ffi_compile_args(), force)
-
-
-@functools.cache
-def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    """(library, None) once built and registered, else (None, the reason)."""
-    try:
-        return native.load_ffi(SOURCE, library_path(), _HANDLERS), None
-    except (OSError, RuntimeError) as error:
-        return None, str(error)
-
-
-def unavailable_reason() -> str | None:
-    """Why the oneDNN layers cannot run here, or None when they can."""
-    return _library()[1]
-
-
-def available() -> bool:
-    return unavailable_reason() is None
+# Module-level, so that callers (fast_conv.py) and tests see one switch per library.
+unavailable_reason = LIBRARY.unavailable_reason
+available = LIBRARY.available
 
 
 def enabled() -> bool:
@@ -76,17 +54,10 @@ def enabled() -> bool:
     return fast_conv.current_impl() == "onednn" and available()
 
 
-def _library_or_raise() -> ctypes.CDLL:
-    library, reason = _library()
-    if library is None:
-        raise RuntimeError(f"oneDNN BatchNorm/max-pool unavailable: {reason}")
-    return library
-
-
 # ------------------------------------------------------------------------------ BatchNorm
 
 def _norm_forward(x: Array, scale: Array, bias: Array, epsilon: float):
-    _library_or_raise()
+    LIBRARY.require()
     channels = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
     return jax.ffi.ffi_call("groundwork_onednn_batch_norm_forward",
                             (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels),
@@ -149,7 +120,7 @@ def _geometry(x_shape, window, strides, pads) -> tuple[int, ...]:
 
 @functools.cache
 def _workspace_bytes(geometry: tuple[int, ...]) -> int:
-    library = _library_or_raise()
+    library = LIBRARY.require()
     library.groundwork_max_pool_workspace_bytes.restype = ctypes.c_int64
     size = library.groundwork_max_pool_workspace_bytes((ctypes.c_int64 * 14)(*geometry))
     if size < 0:
@@ -198,9 +169,4 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 def report() -> bool:
     """Builds if needed and prints where the library is or why there is none (`make install`)."""
-    reason = unavailable_reason()
-    if reason is None:
-        print(f"oneDNN BatchNorm/max-pool ready: {library_path()}")
-    else:
-        print(f"warning: oneDNN BatchNorm/max-pool unavailable: {reason}")
-    return reason is None
+    return LIBRARY.report("BatchNorm and pooling stay on XLA")
