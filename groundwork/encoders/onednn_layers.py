@@ -44,7 +44,7 @@ LIBRARY = native.FfiLibrary(
     "oneDNN BatchNorm/max-pool")
 
 
-# Module-level, so that callers (fast_conv.py) and tests see one switch per library.
+# Module-level names: the callers and the tests use (and patch) these.
 unavailable_reason = LIBRARY.unavailable_reason
 available = LIBRARY.available
 
