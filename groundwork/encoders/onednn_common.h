@@ -1,9 +1,15 @@
 // What the oneDNN handlers of onednn_conv.cc and onednn_layers.cc share: the engine, the
-// scratchpad policy, per-thread staging buffers and the FFI slice bookkeeping.
+// plan cache, the scratchpad policy, per-thread staging buffers and the FFI slice
+// bookkeeping.
 #ifndef GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
 #define GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
 
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -14,6 +20,30 @@ namespace groundwork {
 inline dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   return engine;
+}
+
+// A cache key: the values a plan depends on, comma-separated.
+inline std::string Key(std::initializer_list<int64_t> values) {
+  std::string key;
+  for (int64_t v : values) key += (key.empty() ? "" : ",") + std::to_string(v);
+  return key;
+}
+
+// Primitive descriptors are built once per shape and reused: building one costs far more
+// than a small call. `make()` builds the plan of `key` the first time it is asked for; each
+// call site (each `Make` type) has its own cache.
+template <typename Plan, typename Make>
+const Plan& CachedPlan(const std::string& key, Make make) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto found = plans.find(key);
+    if (found != plans.end()) return *found->second;
+  }
+  auto plan = std::make_shared<Plan>(make());
+  std::lock_guard<std::mutex> lock(mutex);
+  return *plans.emplace(key, plan).first->second;
 }
 
 // Scratchpads are the caller's (user mode) so concurrent calls from XLA's threads never

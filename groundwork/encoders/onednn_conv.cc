@@ -16,8 +16,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -43,11 +41,7 @@ struct Geometry {
   int64_t n, h, w, c_in, kh, kw, c_out, oh, ow, sh, sw, pt, pb, pl, pr;
 
   std::string Key(char kind) const {
-    std::string key(1, kind);
-    for (int64_t v : {n, h, w, c_in, kh, kw, c_out, oh, ow, sh, sw, pt, pb, pl, pr}) {
-      key += ',' + std::to_string(v);
-    }
-    return key;
+    return groundwork::Key({kind, n, h, w, c_in, kh, kw, c_out, oh, ow, sh, sw, pt, pb, pl, pr});
   }
   memory::desc Src() const { return {{n, c_in, h, w}, memory::data_type::f32, tag::nhwc}; }
   memory::desc Dst() const { return {{n, c_out, oh, ow}, memory::data_type::f32, tag::nhwc}; }
@@ -172,17 +166,8 @@ bool UseBlocked(char kind, const Geometry& g) {
 }
 
 const Plan& GetPlan(char kind, const Geometry& g) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
-  std::string key = g.Key(kind);
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    auto found = plans.find(key);
-    if (found != plans.end()) return *found->second;
-  }
-  auto plan = std::make_shared<Plan>(MakePlan(kind, g, UseBlocked(kind, g)));
-  std::lock_guard<std::mutex> lock(mutex);
-  return *plans.emplace(key, plan).first->second;
+  return groundwork::CachedPlan<Plan>(g.Key(kind),
+                                      [&] { return MakePlan(kind, g, UseBlocked(kind, g)); });
 }
 
 // Where the weight gradient runs as one matrix product instead of oneDNN's convolution

@@ -12,10 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "onednn_common.h"
@@ -31,40 +28,6 @@ using tag = dnnl::memory::format_tag;
 
 namespace {
 
-// Primitive descriptors are built once per shape and reused: building one costs far more
-// than a small call.
-template <typename Plan>
-const Plan& CachedPlan(const std::string& key, Plan (*make)(const std::string&)) {
-  static std::mutex mutex;
-  static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    auto found = plans.find(key);
-    if (found != plans.end()) return *found->second;
-  }
-  auto plan = std::make_shared<Plan>(make(key));
-  std::lock_guard<std::mutex> lock(mutex);
-  return *plans.emplace(key, plan).first->second;
-}
-
-std::vector<int64_t> ParseKey(const std::string& key) {
-  std::vector<int64_t> values;
-  size_t start = 0;
-  while (start < key.size()) {
-    size_t end = key.find(',', start);
-    if (end == std::string::npos) end = key.size();
-    values.push_back(std::stoll(key.substr(start, end - start)));
-    start = end + 1;
-  }
-  return values;
-}
-
-std::string MakeKey(std::initializer_list<int64_t> values) {
-  std::string key;
-  for (int64_t v : values) key += (key.empty() ? "" : ",") + std::to_string(v);
-  return key;
-}
-
 // ------------------------------------------------------------------------------ BatchNorm
 // One slice is [rows, C] row-major (rows = N*H*W): oneDNN's channels-last layout with
 // spatial size 1, which its NHWC kernels treat exactly as they treat N x H x W.
@@ -75,12 +38,8 @@ struct NormPlan {
   memory::desc data, stats, forward_scratchpad, backward_scratchpad;
 };
 
-NormPlan MakeNormPlan(const std::string& key) {
-  auto v = ParseKey(key);  // rows, channels, epsilon bits
-  uint32_t bits = static_cast<uint32_t>(v[2]);
-  float epsilon;
-  std::memcpy(&epsilon, &bits, sizeof epsilon);
-  memory::desc data({v[0], v[1], 1, 1}, memory::data_type::f32, tag::nhwc);
+NormPlan MakeNormPlan(int64_t rows, int64_t channels, float epsilon) {
+  memory::desc data({rows, channels, 1, 1}, memory::data_type::f32, tag::nhwc);
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
   auto forward = dnnl::batch_normalization_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, data, data, epsilon, flags, UserScratchpad());
@@ -92,9 +51,11 @@ NormPlan MakeNormPlan(const std::string& key) {
 }
 
 const NormPlan& GetNormPlan(int64_t rows, int64_t channels, float epsilon) {
-  uint32_t bits;
+  uint32_t bits;  // epsilon, exactly
   std::memcpy(&bits, &epsilon, sizeof bits);
-  return CachedPlan(MakeKey({rows, channels, static_cast<int64_t>(bits)}), &MakeNormPlan);
+  return groundwork::CachedPlan<NormPlan>(
+      groundwork::Key({rows, channels, bits}),
+      [&] { return MakeNormPlan(rows, channels, epsilon); });
 }
 
 // Slices and per-slice sizes of a call whose per-channel operand `stats` has rank lead + 1.
@@ -191,13 +152,22 @@ struct PoolPlan {
   memory::desc src, dst, workspace, forward_scratchpad, backward_scratchpad;
 };
 
-// key: n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr
-PoolPlan MakePoolPlan(const std::string& key) {
-  auto v = ParseKey(key);
-  memory::desc src({v[0], v[3], v[1], v[2]}, memory::data_type::f32, tag::nhwc);
-  memory::desc dst({v[0], v[3], v[4], v[5]}, memory::data_type::f32, tag::nhwc);
-  memory::dims kernel{v[6], v[7]}, strides{v[8], v[9]}, dilation{0, 0};
-  memory::dims pad_low{v[10], v[12]}, pad_high{v[11], v[13]};
+// The geometry of one max-pool slice: everything its primitives depend on, in the order of
+// `groundwork_max_pool_workspace_bytes`'s argument.
+struct PoolGeometry {
+  int64_t n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr;
+
+  std::string Key() const {
+    return groundwork::Key({n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr});
+  }
+};
+static_assert(sizeof(PoolGeometry) == 14 * sizeof(int64_t), "14 int64 fields, no padding");
+
+PoolPlan MakePoolPlan(const PoolGeometry& g) {
+  memory::desc src({g.n, g.c, g.h, g.w}, memory::data_type::f32, tag::nhwc);
+  memory::desc dst({g.n, g.c, g.oh, g.ow}, memory::data_type::f32, tag::nhwc);
+  memory::dims kernel{g.kh, g.kw}, strides{g.sh, g.sw}, dilation{0, 0};
+  memory::dims pad_low{g.pt, g.pl}, pad_high{g.pb, g.pr};
   auto forward = dnnl::pooling_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, src, dst,
       strides, kernel, dilation, pad_low, pad_high, UserScratchpad());
@@ -208,30 +178,27 @@ PoolPlan MakePoolPlan(const std::string& key) {
           forward.workspace_desc(), forward.scratchpad_desc(), backward.scratchpad_desc()};
 }
 
-struct PoolGeometry {
-  int64_t slices, n, h, w, c, oh, ow;
-};
-
-// `x`: [..., N, H, W, C] input (or its gradient), `y`: [..., N, OH, OW, C] output.
+// `x`: [..., N, H, W, C] input (or its gradient), `y`: [..., N, OH, OW, C] output; the
+// number of slices and each slice's geometry.
 ffi::Error PoolSlicing(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y,
-                       PoolGeometry* g) {
-  if (x.size() < 4 || y.size() != x.size()) {
+                       ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                       ffi::Span<const int64_t> pads, int64_t* slices, PoolGeometry* g) {
+  if (x.size() < 4 || y.size() != x.size() || window.size() != 2 || strides.size() != 2 ||
+      pads.size() != 4) {
     return ffi::Error::InvalidArgument("oneDNN max-pool: rank-4 (+ batch) buffers only");
   }
   size_t lead = x.size() - 4;
-  *g = {Product(x, lead), x[lead], x[lead + 1], x[lead + 2], x[lead + 3], y[lead + 1],
-        y[lead + 2]};
-  if (Product(y, lead) != g->slices || y[lead] != g->n || y[lead + 3] != g->c) {
+  *slices = Product(x, lead);
+  *g = {x[lead], x[lead + 1], x[lead + 2], x[lead + 3], y[lead + 1], y[lead + 2], window[0],
+        window[1], strides[0], strides[1], pads[0], pads[1], pads[2], pads[3]};
+  if (Product(y, lead) != *slices || y[lead] != g->n || y[lead + 3] != g->c) {
     return ffi::Error::InvalidArgument("oneDNN max-pool: input and output shapes disagree");
   }
   return ffi::Error::Success();
 }
 
-const PoolPlan& GetPoolPlan(const PoolGeometry& g, ffi::Span<const int64_t> window,
-                            ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
-  return CachedPlan(MakeKey({g.n, g.h, g.w, g.c, g.oh, g.ow, window[0], window[1], strides[0],
-                             strides[1], pads[0], pads[1], pads[2], pads[3]}),
-                    &MakePoolPlan);
+const PoolPlan& GetPoolPlan(const PoolGeometry& g) {
+  return groundwork::CachedPlan<PoolPlan>(g.Key(), [&] { return MakePoolPlan(g); });
 }
 
 ffi::Error PoolForward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
@@ -240,20 +207,23 @@ ffi::Error PoolForward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
   if (x.element_type() != ffi::F32) {
     return ffi::Error::InvalidArgument("oneDNN max-pool: float32 buffers only");
   }
+  int64_t slices;
   PoolGeometry g;
-  if (auto error = PoolSlicing(x.dimensions(), y->dimensions(), &g); error.failure()) {
+  if (auto error = PoolSlicing(x.dimensions(), y->dimensions(), window, strides, pads, &slices,
+                               &g);
+      error.failure()) {
     return error;
   }
   try {
-    const PoolPlan& plan = GetPoolPlan(g, window, strides, pads);
+    const PoolPlan& plan = GetPoolPlan(g);
     size_t ws_bytes = plan.workspace.get_size();
-    if (workspace->size_bytes() != static_cast<size_t>(g.slices) * ws_bytes) {
+    if (workspace->size_bytes() != static_cast<size_t>(slices) * ws_bytes) {
       return ffi::Error::InvalidArgument("oneDNN max-pool: workspace of the wrong size");
     }
     dnnl::stream stream(Engine());
     int64_t x_size = g.n * g.h * g.w * g.c, y_size = g.n * g.oh * g.ow * g.c;
     auto* ws = static_cast<char*>(workspace->untyped_data());
-    for (int64_t i = 0; i < g.slices; ++i) {
+    for (int64_t i = 0; i < slices; ++i) {
       plan.forward.execute(stream, {
           {DNNL_ARG_SRC, memory(plan.src, Engine(), F32(x) + i * x_size)},
           {DNNL_ARG_DST, memory(plan.dst, Engine(), F32(y) + i * y_size)},
@@ -270,17 +240,20 @@ ffi::Error PoolForward(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y,
 ffi::Error PoolBackward(ffi::AnyBuffer dy, ffi::AnyBuffer workspace,
                         ffi::Result<ffi::AnyBuffer> dx, ffi::Span<const int64_t> window,
                         ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
+  int64_t slices;
   PoolGeometry g;
-  if (auto error = PoolSlicing(dx->dimensions(), dy.dimensions(), &g); error.failure()) {
+  if (auto error = PoolSlicing(dx->dimensions(), dy.dimensions(), window, strides, pads,
+                               &slices, &g);
+      error.failure()) {
     return error;
   }
   try {
-    const PoolPlan& plan = GetPoolPlan(g, window, strides, pads);
+    const PoolPlan& plan = GetPoolPlan(g);
     size_t ws_bytes = plan.workspace.get_size();
     dnnl::stream stream(Engine());
     int64_t x_size = g.n * g.h * g.w * g.c, y_size = g.n * g.oh * g.ow * g.c;
     auto* ws = static_cast<char*>(workspace.untyped_data());
-    for (int64_t i = 0; i < g.slices; ++i) {
+    for (int64_t i = 0; i < slices; ++i) {
       plan.backward.execute(stream, {
           {DNNL_ARG_DIFF_DST, memory(plan.dst, Engine(), F32(dy) + i * y_size)},
           {DNNL_ARG_WORKSPACE, memory(plan.workspace, Engine(), ws + i * ws_bytes)},
@@ -300,9 +273,9 @@ ffi::Error PoolBackward(ffi::AnyBuffer dy, ffi::AnyBuffer workspace,
 // sh, sw, pt, pb, pl, pr. Returns -1 when oneDNN rejects the geometry.
 extern "C" int64_t groundwork_max_pool_workspace_bytes(const int64_t* geometry) {
   try {
-    std::string key;
-    for (int i = 0; i < 14; ++i) key += (i ? "," : "") + std::to_string(geometry[i]);
-    return static_cast<int64_t>(MakePoolPlan(key).workspace.get_size());
+    PoolGeometry g;
+    std::memcpy(&g, geometry, sizeof g);
+    return static_cast<int64_t>(GetPoolPlan(g).workspace.get_size());
   } catch (const dnnl::error&) {
     return -1;
   }
