@@ -44,27 +44,29 @@ config's batch_episodes (64).
 Writes DIR/episode_speed.json.
 
 Measured on the 2-core development machine (CPU; JAX 0.10.2, convolutions through oneDNN;
-PyTorch 2.13 with 2 threads), default cases and options: 3 repeats of 4 (ResNet-12) and 1,000
-(Conv-4) episodes for the per-episode figure, 10,000 episodes per classify-only call, 3
-(ResNet-12) and 12 (Conv-4) implanting episodes one per batch; load average 1.1 at the start
-and 1.9 at the end (this benchmark's own two threads included); 3.5 minutes in all
-(benchmarks/results/cpu_2core/episode_speed.json). Episodes/s, medians:
+PyTorch 2.13 with 2 threads; both under jemalloc, as the launch scripts run), default cases
+and options: 3 repeats of 4 (ResNet-12) and 1,000 (Conv-4) episodes for the per-episode
+figure, 10,000 episodes per classify-only call, 3 (ResNet-12) and 12 (Conv-4) implanting
+episodes one per batch; load average 1.0 at the start and 1.8 at the end (this benchmark's
+own two threads included); 2.75 minutes in all (benchmarks/results/cpu_2core/
+episode_speed.json). Episodes/s, medians:
 
 | case | per-episode embed + classify: JAX | PyTorch | JAX/PyTorch | classify only, embedded once: JAX call (its compile incl.) | later batches | DC+IMP: JAX |
 |---|---|---|---|---|---|---|
-| ResNet-12 84x84x3 | 0.718 | 0.357 | 2.01 | 7,970 | 8,147 | 0.556 (1.80 s/episode) |
-| Conv-4 (pool_blocks=2) 28x28x1 | 117 | 50.2 | 2.33 | 146,882 | 150,282 | 13.7 (0.07 s/episode) |
+| ResNet-12 84x84x3 | 0.768 | 0.566 | 1.36 | 13,926 | 13,915 | 0.519 (1.92 s/episode) |
+| Conv-4 (pool_blocks=2) 28x28x1 | 104 | 92 | 1.13 | 120,649 | 122,523 | 14.2 (0.07 s/episode) |
 
-With XLA's own convolutions (before onednn_conv.py) the same run gave: per episode 0.416 /
-0.348 (1.19x) and 113 / 40.1 (2.83x); DC+IMP 5.25 s and 0.08 s per episode, and 44.5 s and
-0.41 s before the implants' training steps ran on a cached frozen branch and, on CPU,
-unrolled.
+jemalloc helps PyTorch's per-episode forward more than JAX's: with the system allocator the
+run before gave 0.718 / 0.357 (2.01x) and 117 / 50.2 (2.33x). With XLA's own convolutions
+(before onednn_conv.py, system allocator): 0.416 / 0.348 (1.19x) and 113 / 40.1 (2.83x);
+DC+IMP 5.25 s and 0.08 s per episode, and 44.5 s and 0.41 s before the implants' training
+steps ran on a cached frozen branch and, on CPU, unrolled.
 
-What this shows: the forward pass is everything. Embedding an episode's 100 images costs 1.4 s
-(ResNet-12) and 9 ms (Conv-4) in JAX, while classifying an episode from precomputed features
-costs 0.12 ms and 0.007 ms; embedding the test set once, as `evaluate` does, is what makes
-10,000 episodes take seconds (the 400-image pool: 59.6 images/s for ResNet-12 at embed_batch
-256, 4,033 for Conv-4). Implanting trains 50 steps per episode: 10,000 ResNet-12 episodes take
+What this shows: the forward pass is everything. Embedding an episode's 100 images costs 1.3 s
+(ResNet-12) and 10 ms (Conv-4) in JAX, while classifying an episode from precomputed features
+costs 0.07 ms and 0.008 ms; embedding the test set once, as `evaluate` does, is what makes
+10,000 episodes take seconds (the 400-image pool: 58.2 images/s for ResNet-12 at embed_batch
+256, 7,170 for Conv-4). Implanting trains 50 steps per episode: 10,000 ResNet-12 episodes take
 about 5 hours on this CPU (the paper's setting is a GPU run).
 
 Same weights in both frameworks: pooled features agree to 6e-7 (max relative difference);
@@ -428,6 +430,10 @@ def main() -> None:
 
     sys.path.insert(0, ROOT)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    # As the launch scripts do (groundwork/host_memory.py: jemalloc on CPU, a no-op when JAX
+    # computes on an accelerator); the PyTorch worker inherits it.
+    from groundwork import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.reexec_with_fast_allocator()
     if args.quick:
         cases, args.repeats = QUICK_CASES, 2
         args.classify_episodes = args.classify_episodes or 1000
@@ -441,6 +447,7 @@ def main() -> None:
     from train_speed import TorchWorker, torch_python  # pylint: disable=import-outside-toplevel
     worker = TorchWorker(torch_python(args.torch_python), "torch_episodes.py")
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__,
+                allocator=os.environ.get("GROUNDWORK_ALLOCATOR_SET", "system"),  # host_memory.DONE
                 jax_backend=jax.default_backend(), jax_device=str(jax.devices()[0].device_kind),
                 torch_device=args.torch_device, loadavg_start=os.getloadavg(),
                 repeats=args.repeats, quick=args.quick,
