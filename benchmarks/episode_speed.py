@@ -447,7 +447,7 @@ def main() -> None:
     from train_speed import TorchWorker, torch_python  # pylint: disable=import-outside-toplevel
     worker = TorchWorker(torch_python(args.torch_python), "torch_episodes.py")
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__,
-                allocator=os.environ.get("GROUNDWORK_ALLOCATOR_SET", "system"),  # host_memory.DONE
+                allocator=os.environ.get(host_memory.DONE, "system"),
                 jax_backend=jax.default_backend(), jax_device=str(jax.devices()[0].device_kind),
                 torch_device=args.torch_device, loadavg_start=os.getloadavg(),
                 repeats=args.repeats, quick=args.quick,

@@ -335,11 +335,11 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, ROOT)
+    from groundwork import host_memory  # pylint: disable=import-outside-toplevel
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         # As the launch scripts do (groundwork/host_memory.py). The PyTorch worker inherits
         # the setting, so both frameworks run under the same allocator policy.
-        from groundwork import host_memory  # pylint: disable=import-outside-toplevel
         host_memory.reexec_with_fast_allocator()
     if args.quick:
         cases, args.repeats, args.min_seconds, args.matmul_n = QUICK_CASES, 2, 0.2, 1024
@@ -355,7 +355,7 @@ def main() -> None:
     worker = TorchWorker(torch_python(args.torch_python))
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), backend=jax.default_backend(),
                 jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                allocator=os.environ.get("GROUNDWORK_ALLOCATOR_SET", "system"),  # host_memory.DONE
+                allocator=os.environ.get(host_memory.DONE, "system"),
                 torch_threads=worker.call(cmd="matmul", n=64)["threads"],
                 loadavg_start=os.getloadavg(), repeats=args.repeats, jax_conv=convs,
                 device=args.device, dtype=args.dtype,
