@@ -17,9 +17,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade --quiet pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
-	@# Compiles the oneDNN convolutions for CPU; says why not (and goes on) where it cannot.
+	@# Compiles the CPU kernels (oneDNN layers, the propagation graph); says why not (and goes
+	@# on) where it cannot.
 	$(PY) -c "from groundwork.encoders import onednn_conv; onednn_conv.report()"
 	$(PY) -c "from groundwork.encoders import onednn_layers; onednn_layers.report()"
+	$(PY) -c "from semisup import knn_graph; knn_graph.report()"
 	touch $@
 
 # Debian's dataset-fashion-mnist ships the official IDX files; installed when apt

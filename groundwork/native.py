@@ -1,8 +1,9 @@
 """Compiling and loading the project's C++ kernels, which call oneDNN.
 
 The C++ kernels: the encoders' CPU convolutions, BatchNorm and max-pools
-(groundwork/encoders/onednn_conv.cc and onednn_layers.cc, XLA FFI handlers) and the CPU kNN
-search of label propagation (ssl/knn_cpu.cc). Each is compiled with g++ on first use (a few
+(groundwork/encoders/onednn_conv.cc and onednn_layers.cc, XLA FFI handlers), and label
+propagation's CPU kNN search (ssl/knn_cpu.cc, through ctypes) and graph (ssl/knn_graph_cpu.cc,
+XLA FFI handlers). Each is compiled with g++ on first use (a few
 seconds) or by `make install`, against the oneDNN headers and library of the
 `onednn-devel-cpu-gomp` package (requirements.txt), and cached beside its source; a source
 (or a header beside it) newer than its build triggers a rebuild. Where that cannot happen (no

@@ -23,13 +23,13 @@ Deviations from the reference code:
   pseudo-label is the argmax of zeros, class 0, counted in zeta as there;
 - self is removed from the kNN lists by index, not by dropping column 0, which
   with exact duplicates can be another image (`knn.drop_self`);
-- the layout of W's entries (integers only: one sort) is built with NumPy on
-  the host, where it is ~10x faster than XLA's CPU sort; all arithmetic is on
-  device.
+- on GPU/TPU the layout of W's entries (integers only: one sort) is built with
+  NumPy on the host, where it is ~10x faster than XLA's CPU sort; on CPU one
+  native call lays W out (`knn_graph.py`). All arithmetic is on device.
 
 Speed (N = 50,000 on a 2-core CPU): see benchmarks/label_propagation.py and
 README. The kNN search dominates; the graph and 20 CG steps run as one
-compiled program over an O(Nk) gather layout of W (`knn_graph.py`).
+compiled program over an O(Nk) row layout of W (`knn_graph.py`).
 """
 import functools
 from typing import NamedTuple
@@ -82,7 +82,7 @@ def propagate(similarities, indices, labels, labeled_mask, num_classes: int, *,
                      f'lie in [0, {n - 1}]; got [{indices.min()}, {indices.max()}].')
   labels = np.where(labeled_mask, labels, 0).astype(np.int32)
   return _propagate(
-      jnp.asarray(similarities), knn_graph.layout(indices), jnp.asarray(labels),
+      jnp.asarray(similarities), knn_graph.structure(indices), jnp.asarray(labels),
       jnp.asarray(labeled_mask),
       jnp.asarray(seed_matrix(labels, labeled_mask, num_classes)), gamma=float(gamma),
       alpha=float(alpha), clip_negative=bool(clip_negative), iterations=int(cg_iterations),
@@ -173,9 +173,9 @@ def certainty(z: jax.Array):
 
 
 @functools.partial(jax.jit, static_argnames=('gamma', 'clip_negative', 'iterations'))
-def _propagate(similarities, layout, labels, labeled_mask, seeds, *, gamma, alpha,
+def _propagate(similarities, structure, labels, labeled_mask, seeds, *, gamma, alpha,
                clip_negative, iterations, rtol) -> Propagation:
-  graph = knn_graph.build(affinities(similarities, gamma, clip_negative), layout)
+  graph = knn_graph.build(affinities(similarities, gamma, clip_negative), structure)
   z = conjugate_gradient(lambda p: p - alpha * knn_graph.matvec(graph, p), seeds, iterations, rtol)
   pseudo, omega = certainty(z)
   pseudo = jnp.where(labeled_mask, labels, pseudo)

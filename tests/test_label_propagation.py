@@ -112,18 +112,83 @@ def test_drop_self_removes_the_self_index_not_column_zero():
 # ----------------------------------------------------------------------------
 # The graph operator and conjugate gradient.
 # ----------------------------------------------------------------------------
-def test_graph_product_with_hub_tiles_equals_dense_matrix():
+needs_row_kernels = pytest.mark.skipif(not knn_graph.LIBRARY.available(),
+                                       reason=f'{knn_graph.LIBRARY.unavailable_reason()}')
+
+
+def _structures():
+  """`build`'s two inputs: the host layout (gather tables) and the kNN lists (CPU rows)."""
+  return ['layout', pytest.param('rows', marks=needs_row_kernels)]
+
+
+def _structure(kind, idx):
+  return knn_graph.layout(idx) if kind == 'layout' else jnp.asarray(idx, jnp.int32)
+
+
+@pytest.mark.parametrize('kind', _structures())
+def test_graph_product_with_hub_equals_dense_matrix(kind):
   rng = np.random.default_rng(3)
   x = 0.02 * rng.standard_normal((150, 256)).astype(np.float32)
   x[:, 0] = 1.0  # In 256 dimensions the noise vectors are near orthogonal, so the
   x[0, 1:] = 0.0  # noiseless image 0 is everyone's nearest: in-degree 149.
   sims, idx = knn_search(x, 4, backend='jax')
   assert (idx[1:, 0] == 0).all()
-  layout = knn_graph.layout(idx)
-  # Row 0 holds 149 entries: 8 in the first table (k + 4), 141 in 9 tiles of 16.
-  assert layout.degree[0] == 149 and (layout.tile_row[:9] == 0).all() and layout.tile_row[9] > 0
-  graph = knn_graph.build(lp.affinities(jnp.asarray(sims), 3.0, True), layout)
+  if kind == 'layout':
+    layout = knn_graph.layout(idx)
+    # Row 0 holds 149 entries: 8 in the first table (k + 4), 141 in 9 tiles of 16.
+    assert layout.degree[0] == 149 and (layout.tile_row[:9] == 0).all()
+    assert layout.tile_row[9] > 0
+  graph = knn_graph.build(lp.affinities(jnp.asarray(sims), 3.0, True), _structure(kind, idx))
+  assert isinstance(graph, knn_graph.RowGraph if kind == 'rows' else knn_graph.Graph)
   np.testing.assert_allclose(knn_graph.dense(graph), _dense_graph(x, 4), atol=1e-6)
+
+
+def _random_knn_lists(n, k, seed):
+  rng = np.random.default_rng(seed)
+  return np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False)
+                   for i in range(n)]).astype(np.int32), rng.random((n, k)).astype(np.float32)
+
+
+@needs_row_kernels
+@pytest.mark.parametrize('n,k', [(7, 3), (300, 6)])
+def test_row_graph_equals_the_tables(n, k):
+  idx, values = _random_knn_lists(n, k, seed=n)
+  hub = [r for r in range(n // 2, n) if 0 not in idx[r]]
+  idx[hub, 0] = 0  # A hub, and (with the random lists) mutual pairs.
+  if 1 not in idx[1]:
+    idx[1, 0] = 1  # A self-loop: a_11 counts from both ends.
+  tables = knn_graph.build(values, knn_graph.layout(idx))
+  rows = jax.jit(knn_graph.build)(values, jnp.asarray(idx))
+  np.testing.assert_allclose(knn_graph.dense(rows), knn_graph.dense(tables), atol=1e-6)
+  np.testing.assert_allclose(rows.degree, tables.degree, rtol=1e-5)
+  used = int(np.sum(rows.row_length))
+  assert (np.asarray(rows.column)[used:] == n).all() and (np.asarray(rows.weight)[used:] == 0).all()
+
+
+@needs_row_kernels
+@pytest.mark.parametrize('width', [1, 10, 37, 130])
+def test_row_product_of_any_width_equals_the_tables(width):
+  idx, values = _random_knn_lists(200, 5, seed=width)
+  p = jnp.asarray(np.random.default_rng(width).standard_normal((200, width)), jnp.float32)
+  tables = knn_graph.build(values, knn_graph.layout(idx))
+  rows = knn_graph.build(values, jnp.asarray(idx))
+  np.testing.assert_allclose(knn_graph.matvec(rows, p), knn_graph.matvec(tables, p), atol=1e-5)
+
+
+@needs_row_kernels
+def test_row_graph_leaves_a_node_without_affinity_at_zero():
+  idx, values = _random_knn_lists(20, 3, seed=1)
+  values[4] = 0.0  # Node 4 gives no affinity, and none points at it:
+  idx[idx == 4] = (idx[idx == 4] + 1) % 20  # (a repeat of 5 is harmless at these values)
+  idx[4] = [1, 2, 3]
+  rows = knn_graph.build(values, jnp.asarray(idx))
+  w = knn_graph.dense(rows)
+  assert rows.degree[4] == 0 and np.isfinite(w).all() and (w[4] == 0).all() and (w[:, 4] == 0).all()
+
+
+def test_structure_picks_rows_on_cpu_where_the_kernels_build():
+  structure = knn_graph.structure(np.array([[1], [0]], np.int32))
+  assert isinstance(structure, knn_graph.Layout) != knn_graph.row_kernels_enabled()
 
 
 def test_entry_sort_without_packing_agrees():
