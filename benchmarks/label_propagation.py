@@ -10,7 +10,8 @@ argmax, labeled overrides and per-class weights.
 Both run on the same random-but-clustered features (unit-norm class centres
 plus Gaussian noise of norm `--noise`, shuffled), with a balanced labeled
 subset. Each part is timed `--repeats` times, reference and ours alternating,
-and the best run counts (the JAX program is compiled once per shape, as in
+each after `--pause` seconds of rest (as benchmarks/train_speed.py: the side
+that ran last leaves worker threads spinning), and the best run counts (the JAX program is compiled once per shape, as in
 training, where every epoch has the same N, k and C; the first call, compile
 included, is reported apart). Pseudo-label agreement is over all images; the
 two may differ only at near-ties (float32 here, float64 in scipy's CG).
@@ -129,7 +130,7 @@ def best_of(repeats, fn):
   return min(times), result
 
 
-def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend):
+def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend, pause):
   features, labels = clustered_features(n, d, classes, noise, seed)
   mask = balanced_labeled(labels, num_labeled, classes, seed)
   unlabeled = ~mask
@@ -143,6 +144,7 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend
   for _ in range(repeats):
     for key, fn in (('ref_knn', lambda: reference_knn(features, k)),
                     ('knn', lambda: knn_search(features, k, backend=knn_backend))):
+      time.sleep(pause)
       start = time.perf_counter()
       out = fn()
       times[key].append(time.perf_counter() - start)
@@ -155,6 +157,7 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend
                     ('gd', lambda: lp.propagate(sims, idx, labels, mask, classes)),
                     ('e2e', lambda: lp.label_propagation(features, labels, mask, classes, k=k,
                                                          knn_backend=knn_backend))):
+      time.sleep(pause)
       start = time.perf_counter()
       out = jax.block_until_ready(fn())
       times[key].append(time.perf_counter() - start)
@@ -201,13 +204,17 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--knn-backend', default='auto', choices=('auto', 'jax', 'faiss'))
   parser.add_argument('--settings', default='0,1', help='indices into SETTINGS to run')
+  parser.add_argument('--pause', type=float, default=0.5,
+                      help='seconds of rest before each timed part, for the worker threads the '
+                      'other side left spinning to stop (numpy BLAS after the reference: '
+                      '+50 ms on our graph and diffusion without it)')
   args = parser.parse_args(argv)
 
   results = []
   for i in (int(s) for s in args.settings.split(',')):
     s = SETTINGS[i]
     r = run_setting(args.n, args.k, s['d'], s['classes'], s['labels'], args.noise, args.repeats,
-                    args.seed, args.knn_backend)
+                    args.seed, args.knn_backend, args.pause)
     results.append(r)
     ref, ours, up = r['reference_s'], r['ours_s'], r['speedup']
     print(f"N={r['n']} d={r['d']} C={r['classes']} labels={r['labels']} "

@@ -81,12 +81,14 @@ def propagate(similarities, indices, labels, labeled_mask, num_classes: int, *,
     raise ValueError(f'indices {indices.shape} must match similarities {similarities.shape} and '
                      f'lie in [0, {n - 1}]; got [{indices.min()}, {indices.max()}].')
   labels = np.where(labeled_mask, labels, 0).astype(np.int32)
-  return _propagate(
-      jnp.asarray(similarities), knn_graph.structure(indices), jnp.asarray(labels),
-      jnp.asarray(labeled_mask),
-      jnp.asarray(seed_matrix(labels, labeled_mask, num_classes)), gamma=float(gamma),
-      alpha=float(alpha), clip_negative=bool(clip_negative), iterations=int(cg_iterations),
-      rtol=float(cg_rtol))
+  # Two compiled programs: W's arrays (tens of MB) come back as outputs, which the allocator
+  # keeps for the next call; as temporaries inside one program they were mapped afresh on
+  # every call (glibc malloc, N = 50,000: 15,500 page faults and +12 ms a call).
+  graph = _graph(jnp.asarray(similarities), knn_graph.structure(indices), gamma=float(gamma),
+                 clip_negative=bool(clip_negative))
+  return _diffuse(graph, jnp.asarray(labels), jnp.asarray(labeled_mask),
+                  jnp.asarray(seed_matrix(labels, labeled_mask, num_classes)),
+                  alpha=float(alpha), iterations=int(cg_iterations), rtol=float(cg_rtol))
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, sample_weights: jax.Array,
@@ -172,10 +174,13 @@ def certainty(z: jax.Array):
   return jnp.argmax(probs, axis=1).astype(jnp.int32), omega
 
 
-@functools.partial(jax.jit, static_argnames=('gamma', 'clip_negative', 'iterations'))
-def _propagate(similarities, structure, labels, labeled_mask, seeds, *, gamma, alpha,
-               clip_negative, iterations, rtol) -> Propagation:
-  graph = knn_graph.build(affinities(similarities, gamma, clip_negative), structure)
+@functools.partial(jax.jit, static_argnames=('gamma', 'clip_negative'))
+def _graph(similarities, structure, *, gamma, clip_negative):
+  return knn_graph.build(affinities(similarities, gamma, clip_negative), structure)
+
+
+@functools.partial(jax.jit, static_argnames=('iterations',))
+def _diffuse(graph, labels, labeled_mask, seeds, *, alpha, iterations, rtol) -> Propagation:
   z = conjugate_gradient(lambda p: p - alpha * knn_graph.matvec(graph, p), seeds, iterations, rtol)
   pseudo, omega = certainty(z)
   pseudo = jnp.where(labeled_mask, labels, pseudo)
