@@ -23,9 +23,12 @@ Deviations from the reference code:
   pseudo-label is the argmax of zeros, class 0, counted in zeta as there;
 - self is removed from the kNN lists by index, not by dropping column 0, which
   with exact duplicates can be another image (`knn.drop_self`);
-- on GPU/TPU the layout of W's entries (integers only: one sort) is built with
-  NumPy on the host, where it is ~10x faster than XLA's CPU sort; on CPU one
-  native call lays W out (`knn_graph.py`). All arithmetic is on device.
+- on CPU, W and its product are C++ kernels (ssl/knn_graph_cpu.cc, XLA FFI
+  calls inside the compiled programs; 2x faster than XLA's gathers there); on
+  GPU/TPU, and where the kernels cannot be built, W is pure JAX gather tables,
+  whose integer layout (one sort) is built with NumPy on the host, ~10x faster
+  there than XLA's CPU sort. Both give the same W (tests). All arithmetic is on
+  device.
 
 Speed (N = 50,000 on a 2-core CPU): see benchmarks/label_propagation.py and
 README. The kNN search dominates; the graph and 20 CG steps run as one
