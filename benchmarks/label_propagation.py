@@ -11,12 +11,12 @@ Both run on the same random-but-clustered features (unit-norm class centres
 plus Gaussian noise of norm `--noise`, shuffled), with a balanced labeled
 subset. Each part is timed `--repeats` times, reference and ours alternating,
 each after `--pause` seconds of rest (as benchmarks/train_speed.py: the side
-that ran last leaves worker threads spinning), and the best run counts (the JAX program is compiled once per shape, as in
-training, where every epoch has the same N, k and C; the first call, compile
-included, is reported apart). Pseudo-label agreement is over all images; the
+that ran last leaves worker threads spinning), and the best run counts (the JAX
+programs are compiled once per shape, as in training, where every epoch has the
+same N, k and C; the first call, compile included, is reported apart). Pseudo-label agreement is over all images; the
 two may differ only at near-ties (float32 here, float64 in scipy's CG).
 
-  python benchmarks/label_propagation.py --out /tmp/lp_benchmark.json
+  python benchmarks/label_propagation.py --out /tmp/lp_benchmark.json --repeats 5
 """
 import argparse
 import json

@@ -23,7 +23,7 @@ Two forms of these rows, picked by platform (`structure`):
 - on CPU, where ssl/knn_graph_cpu.cc builds, plain rows (`RowGraph`) laid out,
   weighted and normalised by one native call from the kNN lists, and a native
   `W @ p` on every core. At N = 50,000, k = 50, C = 10 (2-core machine) the
-  graph took 33 ms instead of 87 + 28 ms (NumPy layout + tables) and a product
+  graph took ~27 ms instead of 87 + 28 ms (NumPy layout + tables) and a product
   2.8 ms instead of 5.3. Entries within a row are in another order than the
   layout's; W is the same (tests/test_label_propagation.py).
 """
@@ -44,7 +44,7 @@ CAPACITY_STEPS = 8  # Capacities per doubling: padding stays under 1/8 of the ti
 # W's CPU kernels: the rows of a `RowGraph` from the kNN lists, and `W @ p` over them.
 LIBRARY = native.FfiLibrary(Path(__file__).with_name('knn_graph_cpu.cc'),
                             {'semisup_knn_graph': 'SemisupKnnGraph',
-                             'semisup_csr_matmul': 'SemisupCsrMatmul'},
+                             'semisup_row_product': 'SemisupRowProduct'},
                             'the CPU kernels of the propagation graph')
 
 
@@ -277,7 +277,7 @@ def matvec(graph: Graph | RowGraph, p: jax.Array) -> jax.Array:
   """`W @ p` for `p [N, C]`."""
   if isinstance(graph, RowGraph):
     LIBRARY.require()
-    return jax.ffi.ffi_call('semisup_csr_matmul', jax.ShapeDtypeStruct(p.shape, jnp.float32))(
+    return jax.ffi.ffi_call('semisup_row_product', jax.ShapeDtypeStruct(p.shape, jnp.float32))(
         graph.row_start, graph.row_length, graph.column, graph.weight, p.astype(jnp.float32))
   padded = jnp.concatenate([p, jnp.zeros((1, p.shape[1]), p.dtype)])
   out = _gather_sum(graph.weight, graph.column, padded)

@@ -255,15 +255,15 @@ void RowsPlain(const int32_t* row_start, const int32_t* degree, const int32_t* c
 using RowsFn = void (*)(const int32_t*, const int32_t*, const int32_t*, const float*,
                         const float*, int64_t, int64_t, int64_t, float*);
 
-ffi::Error CsrMatmul(ffi::Buffer<ffi::S32> row_start, ffi::Buffer<ffi::S32> degree,
+ffi::Error RowProduct(ffi::Buffer<ffi::S32> row_start, ffi::Buffer<ffi::S32> degree,
                      ffi::Buffer<ffi::S32> column, ffi::Buffer<ffi::F32> weight,
                      ffi::Buffer<ffi::F32> p, ffi::ResultBuffer<ffi::F32> out) {
   auto dims = p.dimensions();
-  if (dims.size() != 2) return ffi::Error::InvalidArgument("CSR matmul: p must be [N, C]");
+  if (dims.size() != 2) return ffi::Error::InvalidArgument("row product: p must be [N, C]");
   const int64_t n = row_start.element_count(), width = dims[1];
   if (degree.element_count() != n || out->dimensions()[0] != n ||
       column.element_count() != weight.element_count()) {
-    return ffi::Error::InvalidArgument("CSR matmul: rows, degrees and entries disagree");
+    return ffi::Error::InvalidArgument("row product: rows, degrees and entries disagree");
   }
   static const RowsFn rows = __builtin_cpu_supports("avx512f") ? RowsAvx512 : RowsPlain;
   const int threads = std::max(1, omp_get_max_threads());
@@ -292,7 +292,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SemisupKnnGraph, GraphHandler,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SemisupCsrMatmul, CsrMatmul,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SemisupRowProduct, RowProduct,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

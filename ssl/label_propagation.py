@@ -31,8 +31,9 @@ Deviations from the reference code:
   device.
 
 Speed (N = 50,000 on a 2-core CPU): see benchmarks/label_propagation.py and
-README. The kNN search dominates; the graph and 20 CG steps run as one
-compiled program over an O(Nk) row layout of W (`knn_graph.py`).
+README. The kNN search dominates; the graph, then the 20 CG steps and the
+weights, run as two compiled programs over an O(Nk) row layout of W
+(`knn_graph.py`).
 """
 import functools
 from typing import NamedTuple

@@ -177,13 +177,16 @@ def test_row_product_of_any_width_equals_the_tables(width):
 
 @needs_row_kernels
 def test_row_graph_leaves_a_node_without_affinity_at_zero():
-  idx, values = _random_knn_lists(20, 3, seed=1)
-  values[4] = 0.0  # Node 4 gives no affinity, and none points at it:
-  idx[idx == 4] = (idx[idx == 4] + 1) % 20  # (a repeat of 5 is harmless at these values)
-  idx[4] = [1, 2, 3]
-  rows = knn_graph.build(values, jnp.asarray(idx))
+  rng = np.random.default_rng(1)
+  others = np.delete(np.arange(20), 4)  # Nobody lists node 4 ...
+  idx = np.stack([rng.choice(others[others != i], 3, replace=False) for i in range(20)])
+  values = rng.random((20, 3)).astype(np.float32)
+  values[4] = 0.0  # ... and its own affinities are 0: degree 0, D^-1/2 = 0, no NaN.
+  rows = knn_graph.build(values, jnp.asarray(idx, jnp.int32))
   w = knn_graph.dense(rows)
   assert rows.degree[4] == 0 and np.isfinite(w).all() and (w[4] == 0).all() and (w[:, 4] == 0).all()
+  np.testing.assert_allclose(w, knn_graph.dense(knn_graph.build(values, knn_graph.layout(idx))),
+                             atol=1e-6)
 
 
 def test_structure_picks_rows_on_cpu_where_the_kernels_build():
