@@ -50,11 +50,12 @@ def _loss(conv, cotangent):
     ((2, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),      # ResNet-12 / Conv-4
     ((2, 10, 11, 4), (3, 3, 4, 6), (2, 2), ((1, 0), (1, 1))),    # strided, asymmetric pads
     ((3, 8, 8, 4), (1, 1, 4, 8), (2, 2), ((0, 0), (0, 0))),      # ResNet-18 shortcut
-    # Output maps small enough for the weight gradient as one matrix product (onednn_conv.cc).
-    ((4, 3, 3, 6), (3, 3, 6, 5), (1, 1), ((1, 1), (1, 1))),      # last ResNet-18 stage
-    ((3, 4, 3, 3), (3, 2, 3, 4), (2, 1), ((2, 0), (0, 1))),      # 2x3 map, uneven everything
-    ((2, 4, 4, 512), (3, 3, 512, 8), (1, 1), ((1, 1), (1, 1))),  # 4x4 map, 512 channels
-    ((3, 5, 5, 4), (1, 1, 4, 8), (2, 2), ((0, 0), (0, 0))),      # strided 1x1 shortcut
+    # Output maps small enough for matrix products (onednn_conv.cc `UseMatrixProduct`):
+    ((4, 3, 3, 6), (3, 3, 6, 5), (1, 1), ((1, 1), (1, 1))),      # forward, weight gradient
+    ((3, 4, 3, 3), (3, 2, 3, 4), (2, 1), ((2, 0), (0, 1))),      # all three, uneven everything
+    ((2, 4, 4, 512), (3, 3, 512, 8), (1, 1), ((1, 1), (1, 1))),  # weight gradient, 512 channels
+    ((3, 5, 5, 4), (1, 1, 4, 8), (2, 2), ((0, 0), (0, 0))),      # all three, strided 1x1
+    ((2, 6, 6, 8), (3, 3, 8, 16), (2, 2), ((1, 1), (1, 1))),     # all three, ResNet-18 6 -> 3
     ((2, 17, 17, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),    # ResNet-18 stem
     ((2, 7, 6, 5), (3, 3, 5, 4), (1, 1), ((0, 0), (0, 0))),      # CNN-13 'VALID'
     ((1, 5, 5, 2), (3, 3, 2, 3), (1, 2), ((4, 0), (0, 3))),      # pads beyond the kernel

@@ -9,7 +9,9 @@
 //
 // Layouts: activations stay in XLA's row-major NHWC, which oneDNN's channels-last kernels
 // read directly; weights are reordered from HWIO into the blocked layout the kernel asks
-// for on every call (a kernel is small next to a batch of activations).
+// for on every call (a kernel is small next to a batch of activations). Onto small output
+// maps a convolution runs instead as one matrix product of gathered patches and the HWIO
+// kernel as it is (`UseMatrixProduct`).
 // Leading dimensions beyond the four of NHWC/HWIO come from `vmap` (broadcast_all): each
 // slice is one convolution.
 
@@ -170,26 +172,34 @@ const Plan& GetPlan(char kind, const Geometry& g) {
                                       [&] { return MakePlan(kind, g, UseBlocked(kind, g)); });
 }
 
-// Where the weight gradient runs as one matrix product instead of oneDNN's convolution
-// primitive, whose backward-weights kernels parallelise poorly over few output pixels.
-// Measured on the 2-core AVX-512 machine (ms, primitive incl. its reorder to HWIO against
-// gathering the patches + sgemm, 3x3 pad-1 kernels): 64x2x2x640->640 19.7 vs 5.3, 64x3x3x512->512
-// 14.1 vs 8.5, 16x3x3x640 6.4 vs 3.1, 64x2x2x320 3.1 vs 1.7; on 4x4-5x5 maps it wins only with
-// 512+ input channels (64x4x4x512 18.8 vs 14.7, 16x5x5x640 11.1 vs 8.5; 64x5x5x320 8.6 vs 9.9,
-// 64x4x4x256 3.8 vs 4.4); on 6x6 and larger the primitive wins (64x6x6x256 7.2 vs 9.9).
-// GROUNDWORK_ONEDNN_WEIGHT_GRADIENT=primitive|product forces one (for benchmarking).
-bool UseMatrixProduct(const Geometry& g) {
-  static const char* forced = std::getenv("GROUNDWORK_ONEDNN_WEIGHT_GRADIENT");
-  if (forced != nullptr && std::string(forced) == "primitive") return false;
-  if (forced != nullptr && std::string(forced) == "product") return true;
+// Where a convolution runs as one matrix product over gathered patches (dnnl::sgemm) instead
+// of oneDNN's convolution primitive, whose kernels parallelise poorly over few output pixels
+// and reorder the kernel to a blocked layout on every call. Measured on the 2-core AVX-512
+// machine (ms, primitive incl. its reorders against patches + sgemm):
+// - weight gradient, 3x3 pad-1 kernels: 64x2x2x640->640 19.7 vs 5.3, 64x3x3x512->512 14.1 vs
+//   8.5, 16x3x3x640 6.4 vs 3.1, 64x2x2x320 3.1 vs 1.7; on 4x4-5x5 maps it wins only with 512+
+//   input channels (64x4x4x512 18.8 vs 14.7, 16x5x5x640 11.1 vs 8.5; 64x5x5x320 8.6 vs 9.9,
+//   64x4x4x256 3.8 vs 4.4); on 6x6 and larger the primitive wins (64x6x6x256 7.2 vs 9.9);
+// - forward onto 3x3 maps: 64x3x3x512->512 3x3 7.27 vs 6.93, 64x6x6x256->512 1x1 stride 2
+//   0.79 vs 0.48, 3x3 stride 2 3.60 vs 3.49; onto larger maps the primitive wins
+//   (64x11x11x128->128 3x3 4.69 vs 6.19);
+// - input gradient of strided convolutions onto 3x3 maps: 64x6x6x256->512 3x3 stride 2 8.12
+//   vs 3.52, 1x1 stride 2 0.92 vs 0.63; unstrided (64x3x3x512->512 6.20 vs 6.92) and onto
+//   larger maps (64x11x11x128->256 3x3 stride 2 3.45 vs 3.62) the primitive wins.
+// GROUNDWORK_ONEDNN_PRODUCT=never|always overrides the rule (for benchmarking and tests).
+bool UseMatrixProduct(char kind, const Geometry& g) {
+  static const char* forced = std::getenv("GROUNDWORK_ONEDNN_PRODUCT");
+  if (forced != nullptr && std::string(forced) == "never") return false;
+  if (forced != nullptr && std::string(forced) == "always") return true;
   int64_t pixels = g.oh * g.ow;
+  if (kind == 'f') return pixels <= 9;
+  if (kind == 'd') return pixels <= 9 && g.sh * g.sw > 1;
   return pixels <= 9 || (pixels <= 25 && g.c_in >= 512);
 }
 
-// dW[kh, kw, ci, co] = sum over (n, oh, ow) of x[n, oh*sh + kh - pt, ow*sw + kw - pl, ci] *
-// dy[n, oh, ow, co]: patches^T dy, with patches[(n, oh, ow), (kh, kw, ci)] gathered from NHWC
-// x (zeros in the pads) and dy as XLA holds it; the product's row-major result is HWIO.
-void WeightGradientByProduct(const Geometry& g, const float* x, const float* dy, float* dw) {
+// patches[(n, oh, ow), (kh, kw, ci)] = x[n, oh*sh + kh - pt, ow*sw + kw - pl, ci] from NHWC x,
+// zeros in the pads: the rows x columns left operand of a convolution as a matrix product.
+float* GatherPatches(const Geometry& g, const float* x) {
   int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
   size_t pixel_bytes = g.c_in * sizeof(float);
   auto* patches = static_cast<float*>(ThreadBuffer(0, rows * cols * sizeof(float)));
@@ -209,20 +219,67 @@ void WeightGradientByProduct(const Geometry& g, const float* x, const float* dy,
       }
     }
   }
-  dnnl::status status = dnnl::sgemm('T', 'N', cols, g.c_out, rows, 1.0f, patches, cols, dy,
-                                    g.c_out, 0.0f, dw, g.c_out);
-  if (status != dnnl::status::success) {
-    throw dnnl::error(static_cast<dnnl_status_t>(status), "sgemm of the weight gradient");
+  return patches;
+}
+
+void Sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, const char* what) {
+  dnnl::status status = dnnl::sgemm(transa, transb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+  if (status != dnnl::status::success) throw dnnl::error(static_cast<dnnl_status_t>(status), what);
+}
+
+// y = patches(x) w: HWIO w is the (kh, kw, ci) x co right operand as it is.
+void ForwardByProduct(const Geometry& g, const float* x, const float* w, float* y) {
+  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
+  Sgemm('N', 'N', rows, g.c_out, cols, GatherPatches(g, x), cols, w, g.c_out, y, g.c_out,
+        "sgemm of the forward convolution");
+}
+
+// dx = the patches of dy w^T added back where they came from (each image by one thread: the
+// patches of neighbouring outputs overlap).
+void InputGradientByProduct(const Geometry& g, const float* dy, const float* w, float* dx) {
+  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
+  auto* patches = static_cast<float*>(ThreadBuffer(0, rows * cols * sizeof(float)));
+  Sgemm('N', 'T', rows, cols, g.c_out, dy, g.c_out, w, g.c_out, patches, cols,
+        "sgemm of the input gradient");
+  std::memset(dx, 0, g.n * g.h * g.w * g.c_in * sizeof(float));
+#pragma omp parallel for
+  for (int64_t n = 0; n < g.n; ++n) {
+    for (int64_t oy = 0; oy < g.oh; ++oy) {
+      for (int64_t ox = 0; ox < g.ow; ++ox) {
+        const float* in = patches + ((n * g.oh + oy) * g.ow + ox) * cols;
+        for (int64_t i = 0; i < g.kh; ++i) {
+          int64_t iy = oy * g.sh + i - g.pt;
+          for (int64_t j = 0; j < g.kw; ++j, in += g.c_in) {
+            int64_t ix = ox * g.sw + j - g.pl;
+            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+            float* out = dx + ((n * g.h + iy) * g.w + ix) * g.c_in;
+            for (int64_t c = 0; c < g.c_in; ++c) out[c] += in[c];
+          }
+        }
+      }
+    }
   }
+}
+
+// dW = patches(x)^T dy: the product's row-major (kh, kw, ci) x co result is HWIO.
+void WeightGradientByProduct(const Geometry& g, const float* x, const float* dy, float* dw) {
+  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
+  Sgemm('T', 'N', cols, g.c_out, rows, GatherPatches(g, x), cols, dy, g.c_out, dw, g.c_out,
+        "sgemm of the weight gradient");
 }
 
 // Runs convolution `kind` ('f' forward, 'd' input gradient, 'w' weight gradient) on one
 // slice: `data` = (input, input, result) in the handler's order.
 void RunOne(char kind, const Geometry& g, float* const data[3]) {
-  if (kind == 'w' && UseMatrixProduct(g)) {
-    WeightGradientByProduct(g, data[0], data[1], data[2]);
-  } else {
+  if (!UseMatrixProduct(kind, g)) {
     Execute(GetPlan(kind, g), data);
+  } else if (kind == 'f') {
+    ForwardByProduct(g, data[0], data[1], data[2]);
+  } else if (kind == 'd') {
+    InputGradientByProduct(g, data[0], data[1], data[2]);
+  } else {
+    WeightGradientByProduct(g, data[0], data[1], data[2]);
   }
 }
 
