@@ -54,6 +54,16 @@ struct Geometry {
     return {{c_out, c_in, kh, kw}, memory::data_type::f32, tag::any};
   }
   memory::dims Strides() const { return {sh, sw}; }
+  // The convolution as a matrix product: one row of patches per output pixel, one column
+  // per (kh, kw, ci) tap.
+  int64_t PatchRows() const { return n * oh * ow; }
+  int64_t PatchCols() const { return kh * kw * c_in; }
+  // Offset in NHWC x of the pixel under tap (i, j) of output (image, oy, ox); -1 in the pads.
+  int64_t TapPixel(int64_t image, int64_t oy, int64_t ox, int64_t i, int64_t j) const {
+    int64_t iy = oy * sh + i - pt, ix = ox * sw + j - pl;
+    if (iy < 0 || iy >= h || ix < 0 || ix >= w) return -1;
+    return ((image * h + iy) * w + ix) * c_in;
+  }
   memory::dims PadLow() const { return {pt, pl}; }
   memory::dims PadHigh() const { return {pb, pr}; }
 };
@@ -200,21 +210,19 @@ bool UseMatrixProduct(char kind, const Geometry& g) {
 // patches[(n, oh, ow), (kh, kw, ci)] = x[n, oh*sh + kh - pt, ow*sw + kw - pl, ci] from NHWC x,
 // zeros in the pads: the rows x columns left operand of a convolution as a matrix product.
 float* GatherPatches(const Geometry& g, const float* x) {
-  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
-  size_t pixel_bytes = g.c_in * sizeof(float);
+  const int64_t rows = g.PatchRows(), cols = g.PatchCols();
   auto* patches = static_cast<float*>(ThreadBuffer(0, rows * cols * sizeof(float)));
 #pragma omp parallel for
   for (int64_t r = 0; r < rows; ++r) {
-    int64_t n = r / (g.oh * g.ow), oy = r / g.ow % g.oh, ox = r % g.ow;
+    const int64_t image = r / (g.oh * g.ow), oy = r / g.ow % g.oh, ox = r % g.ow;
     float* out = patches + r * cols;
     for (int64_t i = 0; i < g.kh; ++i) {
-      int64_t iy = oy * g.sh + i - g.pt;
       for (int64_t j = 0; j < g.kw; ++j, out += g.c_in) {
-        int64_t ix = ox * g.sw + j - g.pl;
-        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-          std::memset(out, 0, pixel_bytes);
+        const int64_t pixel = g.TapPixel(image, oy, ox, i, j);
+        if (pixel < 0) {
+          std::memset(out, 0, g.c_in * sizeof(float));
         } else {
-          std::memcpy(out, x + ((n * g.h + iy) * g.w + ix) * g.c_in, pixel_bytes);
+          std::memcpy(out, x + pixel, g.c_in * sizeof(float));
         }
       }
     }
@@ -230,31 +238,28 @@ void Sgemm(char transa, char transb, int64_t m, int64_t n, int64_t k, const floa
 
 // y = patches(x) w: HWIO w is the (kh, kw, ci) x co right operand as it is.
 void ForwardByProduct(const Geometry& g, const float* x, const float* w, float* y) {
-  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
-  Sgemm('N', 'N', rows, g.c_out, cols, GatherPatches(g, x), cols, w, g.c_out, y, g.c_out,
-        "sgemm of the forward convolution");
+  Sgemm('N', 'N', g.PatchRows(), g.c_out, g.PatchCols(), GatherPatches(g, x), g.PatchCols(), w,
+        g.c_out, y, g.c_out, "sgemm of the forward convolution");
 }
 
 // dx = the patches of dy w^T added back where they came from (each image by one thread: the
 // patches of neighbouring outputs overlap).
 void InputGradientByProduct(const Geometry& g, const float* dy, const float* w, float* dx) {
-  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
+  const int64_t rows = g.PatchRows(), cols = g.PatchCols();
   auto* patches = static_cast<float*>(ThreadBuffer(0, rows * cols * sizeof(float)));
   Sgemm('N', 'T', rows, cols, g.c_out, dy, g.c_out, w, g.c_out, patches, cols,
         "sgemm of the input gradient");
   std::memset(dx, 0, g.n * g.h * g.w * g.c_in * sizeof(float));
 #pragma omp parallel for
-  for (int64_t n = 0; n < g.n; ++n) {
+  for (int64_t image = 0; image < g.n; ++image) {
+    const float* in = patches + image * g.oh * g.ow * cols;
     for (int64_t oy = 0; oy < g.oh; ++oy) {
       for (int64_t ox = 0; ox < g.ow; ++ox) {
-        const float* in = patches + ((n * g.oh + oy) * g.ow + ox) * cols;
         for (int64_t i = 0; i < g.kh; ++i) {
-          int64_t iy = oy * g.sh + i - g.pt;
           for (int64_t j = 0; j < g.kw; ++j, in += g.c_in) {
-            int64_t ix = ox * g.sw + j - g.pl;
-            if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-            float* out = dx + ((n * g.h + iy) * g.w + ix) * g.c_in;
-            for (int64_t c = 0; c < g.c_in; ++c) out[c] += in[c];
+            const int64_t pixel = g.TapPixel(image, oy, ox, i, j);
+            if (pixel < 0) continue;
+            for (int64_t c = 0; c < g.c_in; ++c) dx[pixel + c] += in[c];
           }
         }
       }
@@ -264,9 +269,8 @@ void InputGradientByProduct(const Geometry& g, const float* dy, const float* w, 
 
 // dW = patches(x)^T dy: the product's row-major (kh, kw, ci) x co result is HWIO.
 void WeightGradientByProduct(const Geometry& g, const float* x, const float* dy, float* dw) {
-  int64_t rows = g.n * g.oh * g.ow, cols = g.kh * g.kw * g.c_in;
-  Sgemm('T', 'N', cols, g.c_out, rows, GatherPatches(g, x), cols, dy, g.c_out, dw, g.c_out,
-        "sgemm of the weight gradient");
+  Sgemm('T', 'N', g.PatchCols(), g.c_out, g.PatchRows(), GatherPatches(g, x), g.PatchCols(), dy,
+        g.c_out, dw, g.c_out, "sgemm of the weight gradient");
 }
 
 // Runs convolution `kind` ('f' forward, 'd' input gradient, 'w' weight gradient) on one
