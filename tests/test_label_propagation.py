@@ -228,6 +228,25 @@ SIX_POINTS = np.array([[1.0, 0.1], [1.0, 0.3], [0.9, 0.4], [0.1, 1.0], [0.3, 1.0
                       np.float32)
 
 
+@needs_row_kernels
+def test_propagation_on_rows_equals_propagation_on_tables(monkeypatch):
+  # The CPU kernels against the path GPU/TPU take, end to end.
+  rng = np.random.default_rng(7)
+  centres = rng.standard_normal((3, 8))
+  labels = np.arange(120) % 3
+  x = (centres[labels] + 0.8 * rng.standard_normal((120, 8))).astype(np.float32)
+  mask = np.zeros(120, bool)
+  mask[:12] = True
+  sims, idx = knn_search(x, 6, backend='jax')
+  rows = lp.propagate(sims, idx, labels, mask, 3)
+  monkeypatch.setattr(knn_graph, 'row_kernels_enabled', lambda: False)
+  tables = lp.propagate(sims, idx, labels, mask, 3)
+  np.testing.assert_allclose(rows.scores, tables.scores, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(rows.pseudo_labels, tables.pseudo_labels)
+  np.testing.assert_allclose(rows.weights, tables.weights, atol=1e-5)
+  np.testing.assert_allclose(rows.class_weights, tables.class_weights)
+
+
 def test_six_point_graph_matches_hand_computation():
   labels = np.array([0, -1, -1, 1, -1, -1])
   mask = labels >= 0
