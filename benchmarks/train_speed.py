@@ -5,8 +5,11 @@ BatchNorm statistics, cosine-classifier loss, backward, SGD with Nesterov moment
 decay; jitted with the state donated, as `fsl.train.train_and_evaluate` does) and the same
 network and step in PyTorch (benchmarks/torch_step.py, run by an interpreter that has torch),
 on the same uint8 inputs, timed in alternating repeats. Reports median images/s of each, their
-ratio, and achieved GFLOP/s (3 x the forward FLOPs that XLA's cost analysis counts) against
-the machine's peak, measured here as the best of a few 4096^3 float32 matmuls in each framework.
+ratio, and achieved GFLOP/s against the machine's peak, measured here as the best of a few
+4096^3 float32 matmuls in each framework. A step's FLOPs are its convolutions' and matrix
+products' forward, input-gradient and weight-gradient FLOPs, kernel taps on padding included
+as in the usual model figures (groundwork/encoders/flops.py); the JSON also records XLA's
+cost-analysis count of the forward pass, which leaves out padding taps.
 On CPU it first re-executes itself under the allocator the launch scripts use (jemalloc where
 installed, groundwork/host_memory.py), which the PyTorch worker inherits.
 
@@ -84,7 +87,7 @@ def fsl_config():
 
 
 def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dtype: str):
-    """Jitted real train step, its state and device inputs; forward FLOPs per image."""
+    """Timer of the jitted real train step; FLOPs per image (forward, step, XLA's forward)."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     import ml_collections  # pylint: disable=import-outside-toplevel
@@ -92,6 +95,7 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dty
     from fsl import train as fsl_train  # pylint: disable=import-outside-toplevel
     from groundwork import training  # pylint: disable=import-outside-toplevel
     from groundwork.data import AugmentSpec  # pylint: disable=import-outside-toplevel
+    from groundwork.encoders import flops as flops_lib  # pylint: disable=import-outside-toplevel
 
     os.environ["GROUNDWORK_CONV"] = conv  # Read when the step is traced, just below.
     config = fsl_config()
@@ -112,19 +116,21 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dty
     compiled = step.lower(state, x, y, keys[0]).compile()
     compile_s = time.perf_counter() - start
 
-    # Counted by XLA's CPU cost analysis on every platform: compiled for a GPU,
-    # convolutions become library calls that the cost analysis does not count.
     forward_args = jax.device_put(
-        ({"params": state.params, "batch_stats": state.batch_stats},
-         jnp.zeros((1, *images.shape[1:]), jnp.float32)), jax.devices("cpu")[0])
-    # Traced on the plain XLA path: the oneDNN path's convolutions are FFI calls, which
-    # the cost analysis does not see either.
+        (state.params, jnp.zeros((1, *images.shape[1:]), jnp.float32)), jax.devices("cpu")[0])
+
+    def forward(params, im):
+        return model.apply({"params": params, "batch_stats": state.batch_stats}, im, train=False)
+
+    flops = dict(zip(("forward", "step"), flops_lib.training_step_flops(forward, *forward_args)))
+    # XLA's own count, kept for comparison with earlier runs, leaves out the kernel taps on
+    # padding (see groundwork/encoders/flops.py). It is read on the plain XLA path, compiled
+    # for the CPU: FFI calls and a GPU's library calls are not counted.
     os.environ["GROUNDWORK_CONV"] = "xla"
-    forward = jax.jit(lambda v, im: model.apply(v, im, train=False)).lower(
-        *forward_args).compile()
+    cost = jax.jit(forward).lower(*forward_args).compile().cost_analysis()
     os.environ["GROUNDWORK_CONV"] = conv
-    cost = forward.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops["xla_forward"] = float(cost["flops"])
     holder = {"state": state, "i": 0}
 
     def run(steps: int) -> float:
@@ -137,7 +143,7 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dty
         return time.perf_counter() - begin
 
     params = sum(p.size for p in jax.tree_util.tree_leaves(state.params))
-    return run, float(cost["flops"]), compile_s, int(params)
+    return run, flops, compile_s, int(params)
 
 
 def jax_matmul_seconds(n: int) -> float:
@@ -234,7 +240,7 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
         num_classes=case.num_classes, mean=mean, std=std,
         device="cuda" if device == "gpu" else "cpu", dtype=dtype))
 
-    runners, flops, compile_s, params = {}, 0.0, {}, 0
+    runners, flops, compile_s, params = {}, {}, {}, 0
     for conv in convs:
         runners[conv], flops, compile_s[conv], params = jax_setup(case, images, labels, conv,
                                                                   dtype)
@@ -251,10 +257,11 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
             time.sleep(pause)
             img_s[key].append(case.batch * steps[key] / timers[key](steps[key]))
     medians = {k: statistics.median(v) for k, v in img_s.items()}
-    step_flops = 3.0 * flops  # forward + input gradient + weight gradient.
+    step_flops = flops["step"]
     result = dict(case=dataclasses.asdict(case), params_jax=params,
-                  params_torch=torch_info["params"], forward_gflop_per_image=flops / 1e9,
-                  step_gflop_per_image=step_flops / 1e9, compile_s=compile_s,
+                  params_torch=torch_info["params"], forward_gflop_per_image=flops["forward"] / 1e9,
+                  step_gflop_per_image=step_flops / 1e9,
+                  xla_forward_gflop_per_image=flops["xla_forward"] / 1e9, compile_s=compile_s,
                   steps_per_repeat=steps, img_s=img_s, median_img_s=medians,
                   gflops={k: m * step_flops / 1e9 for k, m in medians.items()})
     result["ratio"] = {f"jax_{c}": medians[f"jax_{c}"] / medians["torch"] for c in convs}
