@@ -40,7 +40,7 @@ def _conv_flops(eqn) -> int:
     spec = eqn.params["dimension_numbers"].rhs_spec  # (out channels, in channels, *spatial)
     taps = int(np.prod([kernel[d] for d in spec[2:]]))
     if eqn.params.get("batch_group_count", 1) != 1:
-        raise NotImplementedError("FLOP count: batch_group_count > 1 (a convolution's weight "
+        raise ValueError("FLOP count: batch_group_count > 1 (a convolution's weight "
                                   "gradient) in a forward pass is not supported")
     return 2 * int(np.prod(out)) * taps * kernel[spec[1]]
 
@@ -74,10 +74,10 @@ def _count(jaxpr, depends: Sequence[bool]) -> tuple[int, int]:
             forward, step = forward + inner_forward, step + inner_step
         elif any(isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr))
                  for p in eqn.params.values()):
-            raise NotImplementedError(f"FLOP count: primitive `{name}` holds a sub-program whose "
+            raise ValueError(f"FLOP count: primitive `{name}` holds a sub-program whose "
                                       "operands this count cannot follow (loops, conditionals)")
         elif name == "ffi_call":
-            raise NotImplementedError("FLOP count: an FFI call (a native kernel) has no count; "
+            raise ValueError("FLOP count: an FFI call (a native kernel) has no count; "
                                       "trace a path without native kernels")
         if any(operands):
             dependent.update(eqn.outvars)
