@@ -41,7 +41,7 @@ def _conv_flops(eqn) -> int:
     taps = int(np.prod([kernel[d] for d in spec[2:]]))
     if eqn.params.get("batch_group_count", 1) != 1:
         raise ValueError("FLOP count: batch_group_count > 1 (a convolution's weight "
-                                  "gradient) in a forward pass is not supported")
+                         "gradient) in a forward pass is not supported")
     return 2 * int(np.prod(out)) * taps * kernel[spec[1]]
 
 
@@ -75,10 +75,10 @@ def _count(jaxpr, depends: Sequence[bool]) -> tuple[int, int]:
         elif any(isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr))
                  for p in eqn.params.values()):
             raise ValueError(f"FLOP count: primitive `{name}` holds a sub-program whose "
-                                      "operands this count cannot follow (loops, conditionals)")
+                             "operands this count cannot follow (loops, conditionals)")
         elif name == "ffi_call":
             raise ValueError("FLOP count: an FFI call (a native kernel) has no count; "
-                                      "trace a path without native kernels")
+                             "trace a path without native kernels")
         if any(operands):
             dependent.update(eqn.outvars)
     return forward, step
