@@ -75,7 +75,8 @@ def _count(jaxpr, depends: Sequence[bool]) -> tuple[int, int]:
         elif any(isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr))
                  for p in eqn.params.values()):
             raise ValueError(f"FLOP count: primitive `{name}` holds a sub-program whose "
-                             "operands this count cannot follow (loops, conditionals)")
+                             "operands this count cannot follow (loops, conditionals); count "
+                             "a forward pass written without them (unrolled)")
         elif name == "ffi_call":
             raise ValueError("FLOP count: an FFI call (a native kernel) has no count; "
                              "trace a path without native kernels")
