@@ -325,7 +325,8 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=2.0,
                         help="each repeat runs enough steps to last at least this long")
     parser.add_argument("--jax-conv", default="auto",
-                        help="comma-separated GROUNDWORK_CONV paths to time: auto, onednn, matmul, xla")
+                        help="comma-separated GROUNDWORK_CONV paths to time: "
+                             "auto, onednn, matmul, xla")
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch (default: $BENCH_TORCH_PYTHON, else this one)")
     parser.add_argument("--matmul-n", type=int, default=4096)
