@@ -1,11 +1,17 @@
 """FLOP counts: padding taps included, gradients only where back-propagation computes them."""
 
+import pathlib
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
-from groundwork.encoders import ResNet18, flops
+from groundwork.encoders import build_encoder
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'benchmarks'))
+import flops  # pylint: disable=wrong-import-position
 
 
 class TwoConvs(nn.Module):
@@ -39,7 +45,7 @@ def test_a_product_of_inputs_alone_costs_its_forward_only():
 def test_resnet18_at_224_matches_the_published_figure():
     # torchvision's ResNet-18: 1.81 GMACs, of which the 1000-way classifier (absent here) is
     # 0.5 M. Shapes only: nothing is computed.
-    model = ResNet18()
+    model = build_encoder('resnet18', cpu_kernels=False)
     images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(images.shape),
                                                   train=False))
@@ -60,3 +66,11 @@ def test_loops_are_refused_with_the_primitive_named():
 
     with pytest.raises(ValueError, match="scan"):
         flops.training_step_flops(looped, jnp.eye(3), jnp.ones((1, 3)))
+
+
+def test_native_kernels_are_refused():
+    def with_ffi(w, x):
+        return jax.ffi.ffi_call('some_native_kernel', jax.ShapeDtypeStruct(x.shape, x.dtype))(x @ w)
+
+    with pytest.raises(ValueError, match='FFI call'):
+        flops.training_step_flops(with_ffi, jnp.eye(3), jnp.ones((1, 3)))

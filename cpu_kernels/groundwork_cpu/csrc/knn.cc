@@ -1,17 +1,14 @@
 // Exact k nearest neighbours by inner product on CPU: oneDNN matmul tiles, each scanned for
 // candidates while it is still in cache.
 //
-// faiss's IndexFlatIP (the reference code's search) computes 4096 x 1024 similarity blocks
-// with BLAS and then tests every entry against a per-row heap; at N = 50,000 that takes
-// 3.1 s (d = 128) and 7.8 s (d = 512) on the 2-core development machine. Here each thread
-// multiplies 256 queries by 2,048 database rows at a time (a 2 MB tile, near its core's
+// faiss's IndexFlatIP (the reference code's search) computes large similarity blocks with
+// BLAS and then tests every entry against a per-row heap. Here each thread multiplies
+// kQueryTile queries by kBaseTile database rows at a time (a 2 MB tile, near its core's
 // cache) with oneDNN, then scans each row of the tile 16 values per vector compare against
 // the row's current k-th best similarity; once a row's heap has filled almost no chunk holds
-// a candidate. Measured: 2.2 s (d = 128: 1.96 s of products, ~0.3 s of scanning; a scalar
-// heap test per value had cost 1.1 s) and 7.1 s (d = 512: 6.6 s of products, 390 GFLOP/s).
-// Tiles of 128 x 2,048, 256 x 4,096 and 512 x 2,048 ran within 5% of this one at d = 128 and up
-// to 14% slower at d = 512. ssl/knn.py calls `groundwork_knn_search` through ctypes;
-// groundwork/native.py builds it.
+// a candidate, so the scan costs a fraction of a scalar heap test per value. The timings, and
+// the other tile sizes tried, are in NOTES.md. groundwork_cpu/knn.py calls
+// `groundwork_cpu_knn_search` through ctypes.
 
 #include <immintrin.h>
 #include <omp.h>
@@ -30,6 +27,8 @@
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
+
+#include "build_info.h"
 
 namespace {
 
@@ -161,9 +160,9 @@ void SortRow(float* values, int32_t* ids, int64_t k) {
 
 // x: [n, d] row-major float32; writes the k most similar rows of each row (itself included,
 // as a database search does) into sims/ids [n, k], best first. Returns 0, or 1 with a message.
-extern "C" int groundwork_knn_search(const float* x, int64_t n, int64_t d, int64_t k,
-                                     float* sims, int32_t* ids, char* error,
-                                     int64_t error_size) {
+extern "C" int groundwork_cpu_knn_search(const float* x, int64_t n, int64_t d, int64_t k,
+                                         float* sims, int32_t* ids, char* error,
+                                         int64_t error_size) {
   if (n <= 0 || d <= 0 || k <= 0 || k > n || n > std::numeric_limits<int32_t>::max()) {
     std::snprintf(error, error_size, "knn_search: need 0 < k <= n < 2^31, got n=%ld d=%ld k=%ld",
                   static_cast<long>(n), static_cast<long>(d), static_cast<long>(k));
@@ -203,7 +202,9 @@ extern "C" int groundwork_knn_search(const float* x, int64_t n, int64_t d, int64
         memory s({{rows, count}, memory::data_type::f32, memory::format_tag::ab}, Engine(),
                  tile.data());
         const Product& product = GetProduct(rows, count, d);
-        if (scratchpad.size() < product.scratchpad_bytes) scratchpad.resize(product.scratchpad_bytes);
+        if (scratchpad.size() < product.scratchpad_bytes) {
+          scratchpad.resize(product.scratchpad_bytes);
+        }
         memory scratch({{static_cast<int64_t>(product.scratchpad_bytes)}, memory::data_type::u8,
                         memory::format_tag::x}, Engine(), scratchpad.data());
         product.primitive.execute(stream, {{DNNL_ARG_SRC, q}, {DNNL_ARG_WEIGHTS, b},

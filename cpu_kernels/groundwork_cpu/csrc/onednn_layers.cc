@@ -2,10 +2,9 @@
 //
 // With the convolutions on oneDNN (onednn_conv.cc), what XLA still runs of a ResNet step
 // is mostly BatchNorm and pooling, and XLA's CPU lowering of both is several passes over
-// the activations: the ResNet-18 stem's 3x3/2 max-pool alone took ~43 ms of a ~490 ms step
-// (84x84, batch 64), BatchNorm's statistics and backward ~90 ms of a ResNet-12 32x32 step.
-// oneDNN's kernels are what PyTorch runs for both. groundwork/encoders/onednn_layers.py
-// builds this file, registers the handlers and wires them into custom VJPs.
+// the activations (the max-pool's gradient goes through select-and-scatter, which is slow
+// on XLA's CPU backend; NOTES.md has the times). oneDNN's kernels are what PyTorch runs for
+// both. groundwork_cpu/layers.py registers the handlers and wires them into custom VJPs.
 //
 // All tensors are float32 in XLA's row-major layout: activations NHWC, statistics [C].
 // Leading dimensions beyond those come from `vmap` (broadcast_all): each slice is one call.
@@ -15,8 +14,10 @@
 #include <string>
 
 #include "oneapi/dnnl/dnnl.hpp"
-#include "onednn_common.h"
 #include "xla/ffi/api/ffi.h"
+
+#include "build_info.h"
+#include "onednn_common.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -143,7 +144,7 @@ ffi::Error NormBackward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer scal
 
 // ------------------------------------------------------------------------------ max-pool
 // Forward in training mode also writes a workspace (which input held each maximum), which
-// the backward reads; onednn_layers.py asks `groundwork_max_pool_workspace_bytes` for its
+// the backward reads; layers.py asks `groundwork_cpu_max_pool_workspace_bytes` for its
 // size when it traces the forward.
 
 struct PoolPlan {
@@ -153,7 +154,7 @@ struct PoolPlan {
 };
 
 // The geometry of one max-pool slice: everything its primitives depend on, in the order of
-// `groundwork_max_pool_workspace_bytes`'s argument.
+// `groundwork_cpu_max_pool_workspace_bytes`'s argument.
 struct PoolGeometry {
   int64_t n, h, w, c, oh, ow, kh, kw, sh, sw, pt, pb, pl, pr;
 
@@ -271,7 +272,7 @@ ffi::Error PoolBackward(ffi::AnyBuffer dy, ffi::AnyBuffer workspace,
 
 // Bytes of workspace one slice's forward writes; `geometry` = n, h, w, c, oh, ow, kh, kw,
 // sh, sw, pt, pb, pl, pr. Returns -1 when oneDNN rejects the geometry.
-extern "C" int64_t groundwork_max_pool_workspace_bytes(const int64_t* geometry) {
+extern "C" int64_t groundwork_cpu_max_pool_workspace_bytes(const int64_t* geometry) {
   try {
     PoolGeometry g;
     std::memcpy(&g, geometry, sizeof g);
@@ -281,7 +282,7 @@ extern "C" int64_t groundwork_max_pool_workspace_bytes(const int64_t* geometry) 
   }
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnBatchNormForward, NormForward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuBatchNormForward, NormForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
@@ -290,7 +291,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnBatchNormForward, NormForward,
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("epsilon"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnBatchNormBackward, NormBackward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuBatchNormBackward, NormBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
@@ -302,18 +303,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnBatchNormBackward, NormBackward,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<float>("epsilon"));
 
-#define GROUNDWORK_POOL_ATTRS                                                         \
-  .Attr<ffi::Span<const int64_t>>("window")                                         \
-      .Attr<ffi::Span<const int64_t>>("strides")                                    \
+#define GROUNDWORK_CPU_POOL_ATTRS                 \
+  .Attr<ffi::Span<const int64_t>>("window")       \
+      .Attr<ffi::Span<const int64_t>>("strides")  \
       .Attr<ffi::Span<const int64_t>>("pads")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnMaxPoolForward, PoolForward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuMaxPoolForward, PoolForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() GROUNDWORK_POOL_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnMaxPoolBackward, PoolBackward,
+                                  .Ret<ffi::AnyBuffer>() GROUNDWORK_CPU_POOL_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuMaxPoolBackward, PoolBackward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() GROUNDWORK_POOL_ATTRS);
+                                  .Ret<ffi::AnyBuffer>() GROUNDWORK_CPU_POOL_ATTRS);

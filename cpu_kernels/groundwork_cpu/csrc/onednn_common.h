@@ -1,8 +1,8 @@
 // What the oneDNN handlers of onednn_conv.cc and onednn_layers.cc share: the engine, the
 // plan cache, the scratchpad policy, per-thread staging buffers and the FFI slice
 // bookkeeping.
-#ifndef GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
-#define GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
+#ifndef GROUNDWORK_CPU_CSRC_ONEDNN_COMMON_H_
+#define GROUNDWORK_CPU_CSRC_ONEDNN_COMMON_H_
 
 #include <cstdint>
 #include <initializer_list>
@@ -76,4 +76,4 @@ inline int64_t Product(xla::ffi::Span<const int64_t> dims, size_t count) {
 
 }  // namespace groundwork
 
-#endif  // GROUNDWORK_ENCODERS_ONEDNN_COMMON_H_
+#endif  // GROUNDWORK_CPU_CSRC_ONEDNN_COMMON_H_

@@ -1,13 +1,12 @@
-// The propagation graph on CPU (ssl/knn_graph.py `RowGraph`): W = D^-1/2 (A + A^T) D^-1/2 laid
-// out row by row from the kNN lists, and W @ p over those rows. Both are XLA FFI handlers;
-// groundwork/native.py builds them.
+// The propagation graph on CPU (groundwork_cpu/row_graph.py `RowGraph`):
+// W = D^-1/2 (A + A^T) D^-1/2 laid out row by row from the kNN lists, and W @ p over those
+// rows. Both are XLA FFI handlers.
 //
-// Why native: at N = 50,000, k = 50, C = 10 on the 2-core development machine, laying W out
-// with NumPy (one sort of the 2Nk directed edges) took 87 ms, building XLA's gather tables
-// from it 28 ms, and XLA's gather-and-sum matvec 5.3 ms a CG step on one thread, against
-// 0.6 s for the reference's whole graph and diffusion. Here the rows come from counting
-// (each row's in-edges arrive sorted by source) and one pass per row with marks instead of a
-// sort; the matvec runs on every core, the classes of a neighbour read by vector loads.
+// Why native: laying W out with NumPy takes one sort of the 2Nk directed edges, and XLA's
+// gather-and-sum product runs on one thread (XLA on CPU scatters one update at a time, far
+// slower than it gathers). Here the rows come from counting (each row's in-edges arrive
+// sorted by source) and one pass per row with marks instead of a sort; the product runs on
+// every core, the classes of a neighbour read by vector loads. NOTES.md has the timings.
 
 #include <immintrin.h>
 #include <omp.h>
@@ -20,6 +19,8 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+
+#include "build_info.h"
 
 namespace ffi = xla::ffi;
 
@@ -157,9 +158,11 @@ ffi::Error GraphHandler(ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> aff
   if (std::any_of(idx, idx + n * k, [n](int32_t j) { return j < 0 || j >= n; })) {
     return ffi::Error::InvalidArgument("kNN graph: every index must lie in [0, N)");
   }
-  if (row_start->element_count() != n || row_length->element_count() != n ||
-      degree->element_count() != n || column->element_count() != 2 * n * k + 1 ||
-      weight->element_count() != 2 * n * k + 1) {
+  // element_count() is a size_t; n and k are dimensions, never negative.
+  const auto rows = static_cast<size_t>(n), entries = static_cast<size_t>(2 * n * k + 1);
+  if (row_start->element_count() != rows || row_length->element_count() != rows ||
+      degree->element_count() != rows || column->element_count() != entries ||
+      weight->element_count() != entries) {
     return ffi::Error::InvalidArgument("kNN graph: outputs must be [N] and [2Nk + 1]");
   }
   Graph(indices.typed_data(), affinity.typed_data(), n, k, row_start->typed_data(),
@@ -258,10 +261,14 @@ using RowsFn = void (*)(const int32_t*, const int32_t*, const int32_t*, const fl
 ffi::Error RowProduct(ffi::Buffer<ffi::S32> row_start, ffi::Buffer<ffi::S32> degree,
                      ffi::Buffer<ffi::S32> column, ffi::Buffer<ffi::F32> weight,
                      ffi::Buffer<ffi::F32> p, ffi::ResultBuffer<ffi::F32> out) {
-  auto dims = p.dimensions();
-  if (dims.size() != 2) return ffi::Error::InvalidArgument("row product: p must be [N, C]");
-  const int64_t n = row_start.element_count(), width = dims[1];
-  if (degree.element_count() != n || out->dimensions()[0] != n ||
+  auto dims = p.dimensions(), out_dims = out->dimensions();
+  const auto n = static_cast<int64_t>(row_start.element_count());
+  if (dims.size() != 2 || dims[0] != n || out_dims.size() != 2 || out_dims[0] != n ||
+      out_dims[1] != dims[1]) {
+    return ffi::Error::InvalidArgument("row product: p and W @ p must be [N, C]");
+  }
+  const int64_t width = dims[1];
+  if (degree.element_count() != row_start.element_count() ||
       column.element_count() != weight.element_count()) {
     return ffi::Error::InvalidArgument("row product: rows, degrees and entries disagree");
   }
@@ -278,12 +285,9 @@ ffi::Error RowProduct(ffi::Buffer<ffi::S32> row_start, ffi::Buffer<ffi::S32> deg
   return ffi::Error::Success();
 }
 
-// W's entries D_i^-1/2 (a_ij + a_ji) D_j^-1/2 and the degrees D (row sums of A + A^T) from the
-// affinities of the kNN edges; D^-1/2 is 0 at a node of degree 0, as the reference's
-// `normalize_connection_graph` maps its inf to 0.
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SemisupKnnGraph, GraphHandler,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuRowGraph, GraphHandler,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -292,7 +296,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SemisupKnnGraph, GraphHandler,
                                   .Ret<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SemisupRowProduct, RowProduct,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuRowProduct, RowProduct,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

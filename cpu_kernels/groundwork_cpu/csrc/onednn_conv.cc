@@ -1,22 +1,20 @@
 // 2-D convolutions on CPU through oneDNN, as XLA FFI handlers.
 //
-// XLA's CPU convolutions (Eigen) run a ResNet training step at about half of what oneDNN's
-// JIT kernels reach on the same cores (benchmarks/train_speed.py), so on CPU the encoders
-// call these three handlers instead: forward, input gradient and weight gradient of a
-// float32 NHWC x HWIO -> NHWC convolution with strides and explicit non-negative pads.
-// groundwork/encoders/onednn_conv.py builds this file, registers the handlers and wires
-// them into a custom VJP.
+// XLA's CPU backend lowers convolutions to Eigen, which reaches a quarter to a half of what
+// oneDNN's JIT kernels (PyTorch's CPU convolutions) reach on the same cores, so on CPU the
+// encoders call these three handlers instead: forward, input gradient and weight gradient of
+// a float32 NHWC x HWIO -> NHWC convolution with strides and explicit non-negative pads.
+// groundwork_cpu/conv.py registers the handlers and wires them into a custom VJP.
 //
 // Layouts: activations stay in XLA's row-major NHWC, which oneDNN's channels-last kernels
 // read directly; weights are reordered from HWIO into the blocked layout the kernel asks
 // for on every call (a kernel is small next to a batch of activations). Onto small output
 // maps a convolution runs instead as one matrix product of gathered patches and the HWIO
-// kernel as it is (`UseMatrixProduct`).
+// kernel as it is (`UseMatrixProduct`). The measurements behind both rules are in NOTES.md.
 // Leading dimensions beyond the four of NHWC/HWIO come from `vmap` (broadcast_all): each
 // slice is one convolution.
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <tuple>
@@ -25,6 +23,8 @@
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+
+#include "build_info.h"
 #include "onednn_common.h"
 
 namespace ffi = xla::ffi;
@@ -162,19 +162,15 @@ void Execute(const Plan& plan, float* const data[3]) {
   stream.wait();
 }
 
-// Which activation layout a geometry runs in. Measured on the 2-core AVX-512 machine (ms for
-// forward / input gradient / weight gradient, NHWC against blocked): on maps of 6x6 and more
-// NHWC is as fast or faster (16x84x84x64->64: 19/19/22 vs 24/24/30), since a reorder costs
-// about as much as a convolution there; on maps up to 5x5 the blocked layout runs forward and
-// input gradient up to 2.4x faster (64x2x2x640->640: 16/19 vs 6.6/6.7; 16x5x5x640->640:
-// 9.8/9.6 vs 7.8/7.2) while the weight gradient is never faster blocked. A fixed rule rather
-// than timing each geometry keeps results bit-reproducible from run to run.
-// GROUNDWORK_ONEDNN_LAYOUT=nhwc|blocked forces one layout (for benchmarking).
+// Which activation layout a geometry runs in. On larger maps NHWC is as fast or faster, since
+// a reorder to and from the blocked layout costs about as much as the convolution there; on
+// small maps the blocked layout runs forward and input gradient much faster, while the
+// weight gradient is never faster blocked (NOTES.md, "Layouts"). A fixed rule rather than
+// timing each geometry keeps results bit-reproducible from run to run.
+constexpr int64_t kBlockedMaxPixels = 25;  // output maps up to 5x5
+
 bool UseBlocked(char kind, const Geometry& g) {
-  static const char* forced = std::getenv("GROUNDWORK_ONEDNN_LAYOUT");
-  if (forced != nullptr && std::string(forced) == "nhwc") return false;
-  if (forced != nullptr && std::string(forced) == "blocked") return true;
-  return kind != 'w' && g.oh * g.ow <= 25;
+  return kind != 'w' && g.oh * g.ow <= kBlockedMaxPixels;
 }
 
 const Plan& GetPlan(char kind, const Geometry& g) {
@@ -184,27 +180,22 @@ const Plan& GetPlan(char kind, const Geometry& g) {
 
 // Where a convolution runs as one matrix product over gathered patches (dnnl::sgemm) instead
 // of oneDNN's convolution primitive, whose kernels parallelise poorly over few output pixels
-// and reorder the kernel to a blocked layout on every call. Measured on the 2-core AVX-512
-// machine (ms, primitive incl. its reorders against patches + sgemm):
-// - weight gradient, 3x3 pad-1 kernels: 64x2x2x640->640 19.7 vs 5.3, 64x3x3x512->512 14.1 vs
-//   8.5, 16x3x3x640 6.4 vs 3.1, 64x2x2x320 3.1 vs 1.7; on 4x4-5x5 maps it wins only with 512+
-//   input channels (64x4x4x512 18.8 vs 14.7, 16x5x5x640 11.1 vs 8.5; 64x5x5x320 8.6 vs 9.9,
-//   64x4x4x256 3.8 vs 4.4); on 6x6 and larger the primitive wins (64x6x6x256 7.2 vs 9.9);
-// - forward onto 3x3 maps: 64x3x3x512->512 3x3 7.27 vs 6.93, 64x6x6x256->512 1x1 stride 2
-//   0.79 vs 0.48, 3x3 stride 2 3.60 vs 3.49; onto larger maps the primitive wins
-//   (64x11x11x128->128 3x3 4.69 vs 6.19);
-// - input gradient of strided convolutions onto 3x3 maps: 64x6x6x256->512 3x3 stride 2 8.12
-//   vs 3.52, 1x1 stride 2 0.92 vs 0.63; unstrided (64x3x3x512->512 6.20 vs 6.92) and onto
-//   larger maps (64x11x11x128->256 3x3 stride 2 3.45 vs 3.62) the primitive wins.
-// GROUNDWORK_ONEDNN_PRODUCT=never|always overrides the rule (for benchmarking and tests).
+// and reorder the kernel to a blocked layout on every call. The thresholds are where the
+// product won in measurements (NOTES.md, "Small maps"): the weight gradient onto maps of 3x3
+// and smaller, and onto maps up to 5x5 with 512 or more input channels (with fewer, or on 6x6
+// and larger maps, the primitive wins); the forward pass onto maps of 3x3 and smaller; the
+// input gradient onto maps of 3x3 and smaller only when the convolution is strided (an
+// unstrided one, or one onto a larger map, is faster as the primitive).
+constexpr int64_t kProductMaxPixels = 9;          // output maps up to 3x3
+constexpr int64_t kWideProductMaxPixels = 25;     // weight gradient: maps up to 5x5 ...
+constexpr int64_t kWideProductMinChannels = 512;  // ... with this many input channels or more
+
 bool UseMatrixProduct(char kind, const Geometry& g) {
-  static const char* forced = std::getenv("GROUNDWORK_ONEDNN_PRODUCT");
-  if (forced != nullptr && std::string(forced) == "never") return false;
-  if (forced != nullptr && std::string(forced) == "always") return true;
-  int64_t pixels = g.oh * g.ow;
-  if (kind == 'f') return pixels <= 9;
-  if (kind == 'd') return pixels <= 9 && g.sh * g.sw > 1;
-  return pixels <= 9 || (pixels <= 25 && g.c_in >= 512);
+  const int64_t pixels = g.oh * g.ow;
+  if (kind == 'f') return pixels <= kProductMaxPixels;
+  if (kind == 'd') return pixels <= kProductMaxPixels && g.sh * g.sw > 1;
+  return pixels <= kProductMaxPixels ||
+         (pixels <= kWideProductMaxPixels && g.c_in >= kWideProductMinChannels);
 }
 
 // patches[(n, oh, ow), (kh, kw, ci)] = x[n, oh*sh + kh - pt, ow*sw + kw - pl, ci] from NHWC x,
@@ -295,11 +286,11 @@ ffi::Error Run(char kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
     return ffi::Error::InvalidArgument("oneDNN convolution: float32 buffers only");
   }
   auto ad = a.dimensions(), bd = b.dimensions(), rd = r->dimensions();
-  size_t lead = ad.size() - 4;
   if (ad.size() < 4 || bd.size() != ad.size() || rd.size() != ad.size() ||
       strides.size() != 2 || pads.size() != 4) {
     return ffi::Error::InvalidArgument("oneDNN convolution: rank-4 (+ batch) buffers only");
   }
+  const size_t lead = ad.size() - 4;
   int64_t slices = Product(ad, lead);
   if (Product(bd, lead) != slices || Product(rd, lead) != slices) {
     return ffi::Error::InvalidArgument("oneDNN convolution: batch dimensions disagree");
@@ -347,16 +338,16 @@ ffi::Error WeightGradient(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::
 
 }  // namespace
 
-#define GROUNDWORK_CONV_BINDING                                                       \
-  ffi::Ffi::Bind()                                                                    \
-      .Arg<ffi::AnyBuffer>()                                                          \
-      .Arg<ffi::AnyBuffer>()                                                          \
-      .Ret<ffi::AnyBuffer>()                                                          \
-      .Attr<ffi::Span<const int64_t>>("strides")                                      \
+#define GROUNDWORK_CPU_CONV_BINDING                    \
+  ffi::Ffi::Bind()                                     \
+      .Arg<ffi::AnyBuffer>()                           \
+      .Arg<ffi::AnyBuffer>()                           \
+      .Ret<ffi::AnyBuffer>()                           \
+      .Attr<ffi::Span<const int64_t>>("strides")       \
       .Attr<ffi::Span<const int64_t>>("pads")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnConvForward, Forward, GROUNDWORK_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnConvInputGradient, InputGradient,
-                              GROUNDWORK_CONV_BINDING);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkOnednnConvWeightGradient, WeightGradient,
-                              GROUNDWORK_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuConvForward, Forward, GROUNDWORK_CPU_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuConvInputGradient, InputGradient,
+                              GROUNDWORK_CPU_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GroundworkCpuConvWeightGradient, WeightGradient,
+                              GROUNDWORK_CPU_CONV_BINDING);
