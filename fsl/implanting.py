@@ -41,9 +41,8 @@ from flax import traverse_util
 from fsl.dense_loss import dense_loss
 from fsl.episodic_evaluation import EpisodesLike, Progress, episode_n_way, run_episode_batches
 from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototypes
-from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block, fast_conv
-from groundwork.encoders.layers import (
-    DropBlock, activation_fn, batch_norm, max_pool2, torch_default_kernel_init)
+from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block
+from groundwork.encoders.layers import ModuleDef, activation_fn
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -52,26 +51,18 @@ IMPLANT_PREFIX = 'implant_'
 IMPLANTABLE_LAYERS = {'resnet12': ('conv0', 'conv1', 'conv2'), 'conv4': ('conv',)}
 OPTIMIZERS = ('adam', 'sgd')
 SCORINGS = ('pooled', 'dense')
-# ResNet12Block's conv init (Kaiming normal, fan_out), so a from-scratch control matches it.
-_resnet12_conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def _implant_bn(train: bool, base_trainable: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def _implant_momentum(base_trainable: bool) -> float:
   # Momentum 0 for per-episode implants: the stored statistics are the last support pass's.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9 if base_trainable else 0.0,
-                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return 0.9 if base_trainable else 0.0
 
 
-class ImplantedResNet12Block(nn.Module):
-  """ResNet12Block (same submodule names) plus `implant_conv{i}`/`implant_bn{i}` implants."""
-  width: int
-  implant_layers: tuple[str, ...]
-  implant_width: int
-  activation: str = 'leaky_relu'
-  drop_rate: float = 0.0
-  dropblock_size: int = 5
+class ImplantedResNet12Block(ResNet12Block):
+  """ResNet12Block (its own layers, same names) plus `implant_conv{i}`/`implant_bn{i}`."""
+  implant_layers: tuple[str, ...] = ()
+  implant_width: int = 0
   base_trainable: bool = False
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool, originals: tuple[Array, ...] | None = None,
@@ -82,63 +73,40 @@ class ImplantedResNet12Block(nn.Module):
     which never see the implants: given (from `originals_only=True`), only
     the implant channels are computed.
     """
-    act = activation_fn(self.activation)
     base_train = train and self.base_trainable
-
-    def conv(features: int, kernel: int, name: str) -> nn.Conv:
-      return nn.Conv(features, (kernel, kernel), padding='SAME', use_bias=False,
-                     kernel_init=_resnet12_conv_init, dtype=self.dtype, name=name,
-                     conv_general_dilated=fast_conv.conv_general_dilated)
-
     if originals is None:
-      shortcut = batch_norm(base_train, self.dtype, 'shortcut_bn')(
-          conv(self.width, 1, 'shortcut_conv')(x))
-      originals = [x]
-      for i in range(3):
-        y = batch_norm(base_train, self.dtype, f'bn{i}')(conv(self.width, 3, f'conv{i}')(originals[-1]))
-        originals.append(act(y + shortcut if i == 2 else y))
+      originals = self.layer_outputs(x, base_train)
       if originals_only:
-        return tuple(originals)
+        return originals
+    act = activation_fn(self.activation)
     implant = None
     for i in range(3):
       if f'conv{i}' in self.implant_layers:
         seen = originals[i] if implant is None else jnp.concatenate([originals[i], implant], axis=-1)
-        z = conv(self.implant_width, 3, f'{IMPLANT_PREFIX}conv{i}')(seen)
-        implant = act(_implant_bn(train, self.base_trainable, self.dtype, f'{IMPLANT_PREFIX}bn{i}')(z))
-    y = max_pool2(jnp.concatenate([originals[3], implant], axis=-1))
-    return DropBlock(self.drop_rate, self.dropblock_size)(y, deterministic=not base_train)
+        z = self.make_conv(self.implant_width, 3, f'{IMPLANT_PREFIX}conv{i}')(seen)
+        implant = act(self.make_norm(train, f'{IMPLANT_PREFIX}bn{i}',
+                                     _implant_momentum(self.base_trainable))(z))
+    return self.finish(jnp.concatenate([originals[3], implant], axis=-1), base_train)
 
 
-class ImplantedConv4Block(nn.Module):
-  """Conv4Block (submodules `conv`, `bn`) plus `implant_conv`/`implant_bn` implants."""
-  width: int
-  implant_layers: tuple[str, ...]
-  implant_width: int
-  activation: str = 'relu'
+class ImplantedConv4Block(Conv4Block):
+  """Conv4Block (its own `conv`, `bn`) plus `implant_conv`/`implant_bn` implants."""
+  implant_layers: tuple[str, ...] = ()
+  implant_width: int = 0
   base_trainable: bool = False
-  dtype: Any = jnp.float32
-  pool: bool = True
 
   @nn.compact
   def __call__(self, x: Array, train: bool, originals: tuple[Array, ...] | None = None,
                originals_only: bool = False):
     """As `ImplantedResNet12Block`; `originals` = (input, output of the original conv)."""
-    act = activation_fn(self.activation)
-
-    def conv(features: int, name: str) -> nn.Conv:
-      return nn.Conv(features, (3, 3), padding='SAME', kernel_init=torch_default_kernel_init,
-                     dtype=self.dtype, name=name,
-                     conv_general_dilated=fast_conv.conv_general_dilated)
-
     if originals is None:
-      originals = (x, act(batch_norm(train and self.base_trainable, self.dtype, 'bn')(
-          conv(self.width, 'conv')(x))))
+      originals = self.layer_outputs(x, train and self.base_trainable)
       if originals_only:
         return originals
-    z = conv(self.implant_width, f'{IMPLANT_PREFIX}conv')(originals[0])
-    implant = act(_implant_bn(train, self.base_trainable, self.dtype, f'{IMPLANT_PREFIX}bn')(z))
-    out = jnp.concatenate([originals[1], implant], axis=-1)
-    return max_pool2(out) if self.pool else out
+    z = self.make_conv(self.implant_width, f'{IMPLANT_PREFIX}conv')(originals[0])
+    implant = activation_fn(self.activation)(self.make_norm(
+        train, f'{IMPLANT_PREFIX}bn', _implant_momentum(self.base_trainable))(z))
+    return self.finish(jnp.concatenate([originals[1], implant], axis=-1))
 
 
 class ImplantedEncoder(nn.Module):
@@ -164,25 +132,27 @@ class ImplantedEncoder(nn.Module):
   base_trainable: bool = False
   dtype: Any = jnp.float32
   pool_blocks: int = 4  # Conv-4 only: blocks that end in a max-pool.
+  # The base encoder's layers (`_base_fields`), so implants run on the same platform kernels.
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
+  pool: Callable[..., Array] = nn.max_pool
 
   def setup(self):
     check_implant_layers(self.arch, self.implant_layers, self.implant_width)
+    layers = dict(activation=self.activation, dtype=self.dtype, conv=self.conv, norm=self.norm,
+                  pool=self.pool)
+    implants = dict(implant_layers=self.implant_layers, implant_width=self.implant_width,
+                    base_trainable=self.base_trainable)
     if self.arch == 'resnet12':
-      def block(i):
-        return ResNet12Block(self.widths[i], activation=self.activation,
-                             drop_rate=self.drop_rate if i >= 2 else 0.0,
-                             dropblock_size=self.dropblock_size, dtype=self.dtype)
-      self.block0, self.block1, self.block2 = block(0), block(1), block(2)
-      self.block3 = ImplantedResNet12Block(
-          self.widths[3], self.implant_layers, self.implant_width, self.activation,
-          self.drop_rate, self.dropblock_size, self.base_trainable, self.dtype)
+      plain, implanted = ResNet12Block, ImplantedResNet12Block
+      per_block = [dict(drop_rate=self.drop_rate if i >= 2 else 0.0,
+                        dropblock_size=self.dropblock_size) for i in range(4)]
     else:
-      self.block0, self.block1, self.block2 = (
-          Conv4Block(self.widths[i], self.activation, dtype=self.dtype, pool=i < self.pool_blocks)
-          for i in range(3))
-      self.block3 = ImplantedConv4Block(self.widths[3], self.implant_layers, self.implant_width,
-                                        self.activation, self.base_trainable, self.dtype,
-                                        pool=self.pool_blocks > 3)
+      plain, implanted = Conv4Block, ImplantedConv4Block
+      per_block = [dict(downsample=i < self.pool_blocks) for i in range(4)]
+    self.block0, self.block1, self.block2 = (
+        plain(self.widths[i], **layers, **per_block[i]) for i in range(3))
+    self.block3 = implanted(self.widths[3], **layers, **per_block[3], **implants)
 
   def prefix(self, x: Array, train: bool = False) -> Array:
     """Output of block0..block2 (original channels only)."""
@@ -234,13 +204,14 @@ def check_implant_layers(arch: str, layers: Sequence[str], width: int) -> None:
 
 
 def _base_fields(base: nn.Module) -> dict:
+  layers = dict(conv=base.conv, norm=base.norm, pool=base.pool)
   if isinstance(base, ResNet12):
     return dict(arch='resnet12', widths=tuple(base.widths), activation=base.activation,
                 drop_rate=base.drop_rate if base.dropblock else 0.0,
-                dropblock_size=base.dropblock_size, dtype=base.dtype)
+                dropblock_size=base.dropblock_size, dtype=base.dtype, **layers)
   if isinstance(base, Conv4):
     return dict(arch='conv4', widths=(base.width,) * 4, activation=base.activation,
-                dtype=base.dtype, pool_blocks=base.pool_blocks)
+                dtype=base.dtype, pool_blocks=base.pool_blocks, **layers)
   raise ValueError(f'Implanting supports encoders {sorted(IMPLANTABLE_LAYERS)}; '
                    f'got {type(base).__name__}.')
 
@@ -304,12 +275,18 @@ class ImplantConfig:
   scale: cosine-classifier scale of the dense loss; use the trained base
     classifier's learned scale.
   scoring: 'pooled' (the paper's rule) or 'dense' for the final query scores.
+  unroll: unroll the `steps` training steps in the compiled program instead of
+    looping; the same numbers, compiled differently. Set it from
+    `groundwork.backend.unroll_short_loops()` (XLA's CPU backend runs these
+    convolutions ~20x slower inside a loop: ResNet-12 implants, 0.8 s against
+    37 ms a step; accelerators keep the loop, which compiles faster).
   """
   steps: int = 50
   learning_rate: float = 1e-3
   optimizer: str = 'adam'  # one of OPTIMIZERS; 'sgd' uses momentum 0.9
   scale: float = 10.0
   scoring: str = 'pooled'
+  unroll: bool = False
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -376,17 +353,10 @@ def train_implants(model: ImplantedEncoder, frozen: Variables, support_x: Array,
 
   carry = (implants['params'], implants['batch_stats'], tx.init(implants['params']))
   (params, stats, _), losses = jax.lax.scan(step, carry, jnp.arange(config.steps),
-                                            unroll=_scan_unroll(config.steps))
+                                            unroll=config.unroll)
   # Support statistics of the final implants, used for support and queries alike.
   _, stats = loss_fn(params, stats, frozen_branch(support_x) if fixed is None else fixed)
   return merge_implants(frozen, {'params': params, 'batch_stats': stats}), losses
-
-
-def _scan_unroll(steps: int) -> int:
-  # XLA's CPU backend runs these convolutions ~20x slower inside a while loop than in
-  # straight-line code (ResNet-12 implants: 0.8 s against 37 ms a step), so on CPU the
-  # steps are unrolled; accelerators keep the loop, which compiles faster.
-  return steps if jax.default_backend() == 'cpu' else 1
 
 
 def implant_episode(model: ImplantedEncoder, frozen: Variables, support_x: Array,

@@ -14,7 +14,7 @@ from fsl import fewshot_data
 from fsl import train as base_training
 from fsl.episodic_evaluation import embed_in_batches, episode_accuracies, print_progress, summarize
 from fsl.implanting import ImplantConfig, implant_episode_accuracies, implanted_encoder
-from groundwork import training
+from groundwork import backend, training
 from groundwork.data import augment, augment_spec_for, make_episodes
 from groundwork.evaluation import mean_ci95
 
@@ -56,7 +56,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       steps=config.implant.steps, learning_rate=config.implant.learning_rate,
       optimizer=config.implant.optimizer, scoring=config.implant.scoring,
       # The dense loss on the support uses the scale the base classifier learned.
-      scale=float(state.params['classifier']['scale']))
+      scale=float(state.params['classifier']['scale']),
+      unroll=backend.unroll_short_loops())
   spec = augment_spec_for(base_config.dataset, train=False)
   embed = base_training.embed_fn(state, base_config)
   pooled = embed_in_batches(lambda b: embed(b)[0], data.novel.images, 256)

@@ -1,16 +1,21 @@
-"""Encoders: exact parameter counts, shapes, layer semantics, DropBlock, bf16, registry.
+"""Encoders: exact parameter counts, shapes, layer semantics, DropBlock, bf16, injected layers,
+registry.
 
 Full-size networks are only traced (jax.eval_shape); real computation uses tiny widths.
 """
 
 import functools
+import importlib.util
+import types
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from groundwork import backend
 from groundwork.encoders import (
     CNN13,
     CNN13Tiny,
@@ -110,6 +115,10 @@ def test_exact_parameter_counts(model, shape, expected):
     (Conv4(), (2, 28, 28, 1), (2, 1, 1, 64)),
     (Conv4(), (2, 84, 84, 3), (2, 5, 5, 64)),
     (Conv4(pool_blocks=2), (2, 28, 28, 1), (2, 7, 7, 64)),
+    # Odd sizes floor as torch's MaxPool2d(2): 29 -> 14 -> 7 -> 3 -> 1.
+    (Conv4(), (2, 29, 29, 1), (2, 1, 1, 64)),
+    # torch's stem: conv 7/2 pad 3 gives 17, MaxPool2d(3, 2, 1) gives 9; then 9, 5, 3, 2.
+    (ResNet18(), (2, 33, 33, 3), (2, 2, 2, 512)),
 ])
 def test_output_shapes(model, shape, map_shape):
     _, (feature_map, pooled) = _abstract_init(model, shape)
@@ -318,25 +327,129 @@ def test_build_encoder_names_and_kwargs():
         _abstract_init(Conv4(pool_blocks=5), (1, 28, 28, 1))
 
 
-# The CPU paths against reduce_window: max_pool2 (reshape + max) is torch's MaxPool2d(2), odd
-# sizes floored; max_pool3_stride2 (max of nine strided shifts) is MaxPool2d(3, 2, 1).
-_POOLS = {
-    "max_pool2": lambda v: nn.max_pool(v, (2, 2), strides=(2, 2), padding="VALID"),
-    "max_pool3_stride2": lambda v: nn.max_pool(v, (3, 3), strides=(2, 2),
-                                               padding=((1, 1), (1, 1))),
-}
+def test_build_encoder_without_cpu_kernels_is_plain_flax():
+    for name in encoder_names():
+        model = build_encoder(name, cpu_kernels=False)
+        conv = WeightNormConv if name == "cnn13" else nn.Conv
+        assert (model.conv, model.norm, model.pool) == (conv, nn.BatchNorm, nn.max_pool), name
+        if backend.cpu_kernels() is None:
+            assert build_encoder(name) == model
 
 
-@pytest.mark.parametrize("name", list(_POOLS))
-@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 21, 21, 4), (1, 5, 6, 2), (1, 2, 3, 3)])
-def test_cpu_max_pools_match_reduce_window_in_values_and_gradients(name, shape):
-    from groundwork.encoders import layers  # pylint: disable=import-outside-toplevel
-    pool, reference = getattr(layers, name), _POOLS[name]
-    x = jax.random.normal(jax.random.PRNGKey(0), shape)
-    np.testing.assert_array_equal(pool(x), reference(x))
-    loss = lambda p: (lambda v: jnp.sum(jnp.sin(p(v)) * jnp.arange(p(v).size).reshape(
-        p(v).shape)))
-    np.testing.assert_allclose(jax.grad(loss(pool))(x), jax.grad(loss(reference))(x),
-                               rtol=1e-6, atol=1e-6)
-    if jax.default_backend() == "cpu":
-        assert "reduce_window" not in str(jax.make_jaxpr(pool)(x))
+@pytest.mark.skipif(importlib.util.find_spec("groundwork_cpu") is not None,
+                    reason="groundwork_cpu is installed")
+def test_build_encoder_asked_for_missing_cpu_kernels_says_what_to_install():
+    expected = "groundwork_cpu package is not installed.*pip install" if (
+        backend.computes_on_cpu()) else "serve the CPU only"
+    with pytest.raises(RuntimeError, match=expected):
+        build_encoder("conv4", cpu_kernels=True)
+
+
+# ---------------------------------------------------------------- injected layers
+
+def _recording(cls, calls: list, *fields: str):
+    """`cls` that appends (its name, module path, *fields' values) to `calls` when it runs."""
+    class Recording(cls):
+        @nn.compact
+        def __call__(self, *args, **kwargs):
+            calls.append((cls.__name__, "/".join(self.scope.path),
+                          *(getattr(self, f) for f in fields)))
+            return super().__call__(*args, **kwargs)
+    return Recording
+
+
+def _recording_pool(calls: list):
+    def pool(x, window_shape, strides=None, padding="VALID"):
+        calls.append(("pool", tuple(window_shape), tuple(strides), padding))
+        return nn.max_pool(x, window_shape, strides=strides, padding=padding)
+    return pool
+
+
+def _module_paths(tree, leaf: str) -> list[str]:
+    """Paths of the modules in `tree` that hold a variable called `leaf`."""
+    return sorted("/".join(p[:-1]) for p in traverse_util.flatten_dict(tree) if p[-1] == leaf)
+
+
+_POOL2 = ("pool", (2, 2), (2, 2), "VALID")
+_STEM_POOL = ("pool", (3, 3), (2, 2), ((1, 1), (1, 1)))
+_KERNEL_LEAF = {nn.Conv: "kernel", WeightNormConv: "v"}
+
+
+@pytest.mark.parametrize("tiny, shape, conv, pools", [
+    (ResNet12Tiny, (4, 32, 32, 3), nn.Conv, [_POOL2] * 4),
+    (ResNet18Tiny, (2, 32, 32, 3), nn.Conv, [_STEM_POOL]),
+    (CNN13Tiny, (2, 32, 32, 3), WeightNormConv, [_POOL2] * 2),
+    (functools.partial(Conv4, width=8), (2, 28, 28, 1), nn.Conv, [_POOL2] * 4),
+])
+def test_injected_layers_make_every_layer_and_change_no_variable(tiny, shape, conv, pools):
+    x, variables = _tiny_variables(tiny(), shape)
+    calls = []
+    model = tiny(conv=_recording(conv, calls),
+                 norm=_recording(nn.BatchNorm, calls, "use_running_average", "momentum",
+                                 "epsilon", "param_dtype"),
+                 pool=_recording_pool(calls))
+    injected = jax.jit(lambda rngs, x: model.init(rngs, x, False))(RNGS, x)
+    # Same names, shapes and initial values as flax's layers: checkpoints load either way.
+    assert jax.tree.structure(injected) == jax.tree.structure(variables)
+    jax.tree.map(np.testing.assert_array_equal, injected, variables)
+
+    calls.clear()
+    fmap = _run(model, variables, x, True)[0]
+    # Every conv and BatchNorm of the tree, and every max-pool, went through the injected one.
+    assert sorted(c[1] for c in calls if c[0] == conv.__name__) == _module_paths(
+        variables["params"], _KERNEL_LEAF[conv])
+    norms = [c for c in calls if c[0] == "BatchNorm"]
+    assert sorted(c[1] for c in norms) == _module_paths(variables["batch_stats"], "mean")
+    # In train mode with PyTorch's momentum and epsilon, float32 parameters.
+    assert {c[2:] for c in norms} == {(False, 0.9, 1e-5, jnp.float32)}
+    assert [c for c in calls if c[0] == "pool"] == pools
+    np.testing.assert_array_equal(fmap, _run(tiny(), variables, x, True)[0])
+
+
+def _fake_cpu_kernels(calls: list) -> types.SimpleNamespace:
+    """The groundwork_cpu contract, on flax's own layers, recording every use."""
+    def conv_general_dilated(*args, **kwargs):
+        calls.append(("conv_general_dilated",))
+        return jax.lax.conv_general_dilated(*args, **kwargs)
+    return types.SimpleNamespace(conv_general_dilated=conv_general_dilated,
+                                 BatchNorm=_recording(nn.BatchNorm, calls),
+                                 max_pool=_recording_pool(calls))
+
+
+@pytest.mark.parametrize("name, conv, shape", [
+    ("resnet12", nn.Conv, (1, 32, 32, 3)),
+    ("resnet12_wide", nn.Conv, (1, 32, 32, 3)),
+    ("resnet18", nn.Conv, (1, 32, 32, 3)),
+    ("cnn13", WeightNormConv, (1, 32, 32, 3)),
+    ("conv4", nn.Conv, (1, 28, 28, 1)),
+])
+def test_build_encoder_puts_cpu_kernels_into_the_encoders_own_layers(monkeypatch, name, conv,
+                                                                    shape):
+    calls = []
+    kernels = _fake_cpu_kernels(calls)
+    monkeypatch.setattr(backend, "cpu_kernels", lambda: kernels)
+    monkeypatch.setattr(backend, "require_cpu_kernels", lambda: kernels)
+    model = build_encoder(name)
+    assert model.conv.func is conv
+    assert model.conv.keywords == {"conv_general_dilated": kernels.conv_general_dilated}
+    assert (model.norm, model.pool) == (kernels.BatchNorm, kernels.max_pool)
+    # Built alike, equal: a jit taking the model as a static argument compiles once.
+    assert build_encoder(name, cpu_kernels=True) == model
+    plain = build_encoder(name, cpu_kernels=False)
+    assert (plain.conv, plain.norm, plain.pool) == (conv, nn.BatchNorm, nn.max_pool)
+    # The caller's layers win; nothing else differs (resnet12_wide keeps its widths).
+    mixed = build_encoder(name, norm=nn.BatchNorm)
+    assert (mixed.conv, mixed.norm, mixed.pool) == (model.conv, nn.BatchNorm, model.pool)
+    assert model.clone(conv=conv, norm=nn.BatchNorm, pool=nn.max_pool) == plain
+
+    variables, (fmap, _) = _abstract_init(model, shape)
+    plain_variables, (plain_fmap, _) = _abstract_init(plain, shape)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, plain_variables)
+    assert fmap.shape == plain_fmap.shape
+    # Every convolution, BatchNorm and max-pool ran on the kernels.
+    kernel_leaf = _KERNEL_LEAF[conv]
+    assert calls.count(("conv_general_dilated",)) == len(
+        _module_paths(variables["params"], kernel_leaf))
+    assert sorted(c[1] for c in calls if c[0] == "BatchNorm") == _module_paths(
+        variables["batch_stats"], "mean")
+    assert sum(c[0] == "pool" for c in calls) == {"resnet18": 1, "cnn13": 2}.get(name, 4)

@@ -1,4 +1,9 @@
-"""Implanting: original features untouched, frozen variables bit-identical, vmap equals loop."""
+"""Implanting: original features untouched, frozen variables bit-identical, vmap equals loop,
+implanted blocks built from the encoder's own blocks and layers."""
+import dataclasses
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,9 +11,10 @@ import pytest
 from flax import traverse_util
 
 from fsl.implanting import (
-    ImplantConfig, implant_episode, implant_episode_accuracies, implanted_encoder,
-    init_implants, merge_implants, split_implants, train_implants, wide_control_encoder)
-from groundwork.encoders import Conv4, ResNet12, ResNet18Tiny
+    ImplantConfig, ImplantedConv4Block, ImplantedResNet12Block, implant_episode,
+    implant_episode_accuracies, implanted_encoder, init_implants, merge_implants,
+    split_implants, train_implants, wide_control_encoder)
+from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block, ResNet18Tiny
 
 CONFIG = ImplantConfig(steps=2, learning_rate=1e-2, scale=10.0)
 
@@ -169,3 +175,99 @@ def test_implant_branch_on_the_cached_frozen_branch_equals_the_full_block(base, 
     wide = wide_control_encoder(base, layers, width=2)
     wide.apply(wide.init(jax.random.PRNGKey(3), x, train=False), x,
                method=ImplantedEncoder.frozen_branch)
+
+
+@pytest.mark.parametrize('plain,implanted,channels', [
+    (ResNet12Block(4, activation='swish'),
+     ImplantedResNet12Block(4, activation='swish', implant_layers=('conv1', 'conv2'),
+                            implant_width=2), 4),
+    (Conv4Block(3), ImplantedConv4Block(3, implant_layers=('conv',), implant_width=2), 3),
+])
+def test_implanted_blocks_compute_the_plain_blocks_original_channels(plain, implanted, channels):
+  # 9x9: the max-pool floors odd sizes on the concatenated map as on the plain one.
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 9, 4))
+  frozen = _trained_like(plain, x)
+  variables = merge_implants(frozen, split_implants(
+      implanted.init(jax.random.PRNGKey(2), x, train=False))[1])
+  # The plain block's own variables, under its own names, plus the implants only.
+  assert {k: v for k, v in _flat(variables).items() if 'implant_' not in '/'.join(k)
+          }.keys() == _flat(frozen).keys()
+  expected = plain.apply(frozen, x, train=False)
+  for train in (False, True):  # train switches the implant BatchNorms only
+    out, _ = implanted.apply(variables, x, train, mutable=['batch_stats'])
+    assert out.shape == expected.shape[:-1] + (channels + 2,)
+    np.testing.assert_array_equal(out[..., :channels], expected)
+  originals = implanted.apply(variables, x, False, originals_only=True)
+  np.testing.assert_array_equal(originals[0], x)
+  # The last original activation, max-pooled, is the plain block's output (no DropBlock here).
+  np.testing.assert_array_equal(
+      nn.max_pool(originals[-1], (2, 2), strides=(2, 2), padding='VALID'), expected)
+
+  # DC+WIDE trains the original layers: batch statistics and their updates as the plain block's.
+  wide = implanted.clone(base_trainable=True)
+  (out, updated) = wide.apply(variables, x, True, mutable=['batch_stats'])
+  expected, expected_updated = plain.apply(frozen, x, True, mutable=['batch_stats'])
+  np.testing.assert_allclose(out[..., :channels], expected, rtol=1e-6, atol=1e-6)
+  for path, value in _flat(expected_updated).items():
+    np.testing.assert_allclose(_flat(updated)[path], value, rtol=1e-6, atol=1e-7)
+
+
+def _recording_layers(calls):
+  """conv, norm and pool fields that append to `calls` what they make or compute."""
+  def conv_general_dilated(*args, **kwargs):
+    calls.append(('conv',))
+    return jax.lax.conv_general_dilated(*args, **kwargs)
+
+  class Norm(nn.BatchNorm):
+    @nn.compact
+    def __call__(self, *args, **kwargs):
+      calls.append(('norm', '/'.join(self.scope.path), self.momentum))
+      return super().__call__(*args, **kwargs)
+
+  def pool(x, window_shape, strides=None, padding='VALID'):
+    calls.append(('pool',))
+    return nn.max_pool(x, window_shape, strides=strides, padding=padding)
+
+  return dict(conv=functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated),
+              norm=Norm, pool=pool)
+
+
+@pytest.mark.parametrize('build,momentum', [(implanted_encoder, 0.0), (wide_control_encoder, 0.9)])
+def test_implanted_encoder_uses_the_base_encoders_layers(build, momentum):
+  calls = []
+  base = ResNet12(widths=(4, 4, 4, 4), **_recording_layers(calls))
+  model = build(base, ('conv2',), width=2)
+  assert (model.conv, model.norm, model.pool) == (base.conv, base.norm, base.pool)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False),
+                             jnp.zeros((1, 16, 16, 3)))
+  # 4 blocks of 4 convs plus one implant conv, 4 max-pools; every BatchNorm is the base's.
+  assert calls.count(('conv',)) == 17 and calls.count(('pool',)) == 4
+  norms = {c[1]: c[2] for c in calls if c[0] == 'norm'}
+  assert sorted(norms) == sorted('/'.join(p[:-1]) for p in _flat(variables['batch_stats'])
+                                 if p[-1] == 'mean')
+  assert norms.pop('block3/implant_bn2') == momentum
+  assert set(norms.values()) == {0.9}
+
+
+def test_unrolled_implant_training_gives_the_same_numbers():
+  base = Conv4(width=8)
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 1))
+  labels = jnp.array([0, 1, 0, 1])
+  frozen = _trained_like(base, x)
+  model = implanted_encoder(base, ('conv',), width=2)
+
+  def train(config):
+    return lambda k: train_implants(model, frozen, x, labels, k, config, n_way=2)
+
+  assert not CONFIG.unroll  # the default keeps the loop; train_implanting sets it per platform
+  # SGD: Adam would scale up the rounding noise in the gradient of the conv bias in front of a
+  # BatchNorm (zero in exact arithmetic), which differs between the two compiled programs.
+  config = dataclasses.replace(CONFIG, optimizer='sgd')
+  unrolled = dataclasses.replace(config, unroll=True)
+  assert f'unroll={CONFIG.steps}' in str(jax.make_jaxpr(train(unrolled))(jax.random.PRNGKey(5)))
+  assert 'unroll=1' in str(jax.make_jaxpr(train(config))(jax.random.PRNGKey(5)))
+  looped = jax.jit(train(config))(jax.random.PRNGKey(5))
+  straight = jax.jit(train(unrolled))(jax.random.PRNGKey(5))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+               straight, looped)
+  assert straight[1][1] < straight[1][0]  # the loss falls: the steps did train

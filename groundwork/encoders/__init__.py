@@ -3,15 +3,24 @@
 Every encoder maps `(x, train)` to `(feature_map [B,h,w,C], pooled [B,C])`; classifier heads
 belong to the trainers. Dropout and DropBlock draw from the 'dropout' rng collection and
 BatchNorm statistics live in 'batch_stats'.
+
+Encoders and blocks are pure flax: they take their layers as fields (`conv`, `norm`, `pool`,
+as flax's examples/imagenet ResNet does). `build_encoder` is the one place that swaps in a
+platform's layers (the optional `groundwork_cpu` package), decided once when the model is
+built.
 """
 
+import dataclasses
+import functools
+import types
 from collections.abc import Callable
 
 import flax.linen as nn
 
+from groundwork import backend
 from groundwork.encoders.cnn13 import CNN13, CNN13Tiny
 from groundwork.encoders.conv4 import Conv4, Conv4Block
-from groundwork.encoders.layers import DropBlock, WeightNormConv, WeightNormDense
+from groundwork.encoders.layers import DropBlock, ModuleDef, WeightNormConv, WeightNormDense
 from groundwork.encoders.resnet12 import ResNet12, ResNet12Block, ResNet12Tiny, ResNet12Wide
 from groundwork.encoders.resnet18 import BasicBlock, ResNet18, ResNet18Tiny
 
@@ -29,11 +38,56 @@ def encoder_names() -> list[str]:
     return list(_ENCODERS)
 
 
-def build_encoder(name: str, **kwargs) -> nn.Module:
-    """The encoder called `name`, its fields overridden by `kwargs` (e.g. dtype, widths)."""
+def _field_default(factory: Callable[..., nn.Module], field: str):
+    """The value `factory()` gives `field`: a partial's keyword, else the class default."""
+    if isinstance(factory, functools.partial):
+        if field in factory.keywords:
+            return factory.keywords[field]
+        return _field_default(factory.func, field)
+    return {f.name: f.default for f in dataclasses.fields(factory)}[field]
+
+
+# Cached so that two encoders built alike compare equal (flax modules are dataclasses) and a
+# jit that takes the model as a static argument compiles once.
+@functools.cache
+def _with_conv_general_dilated(conv: ModuleDef, conv_general_dilated: Callable) -> ModuleDef:
+    return functools.partial(conv, conv_general_dilated=conv_general_dilated)
+
+
+def _platform_layers(factory: Callable[..., nn.Module],
+                    kernels: types.ModuleType | None) -> dict[str, object]:
+    """The `conv`, `norm` and `pool` fields that put `factory`'s encoder on `kernels`.
+
+    `kernels` is a CPU kernels module (`groundwork.backend.cpu_kernels()`): its
+    `conv_general_dilated` (lax's signature) goes into the encoder's own conv class, its
+    `BatchNorm` (a drop-in `nn.BatchNorm`) and `max_pool` (`nn.max_pool`'s signature) replace
+    flax's. None: no fields, plain flax.
+    """
+    if kernels is None:
+        return {}
+    conv = _with_conv_general_dilated(_field_default(factory, "conv"),
+                                      kernels.conv_general_dilated)
+    return {"conv": conv, "norm": kernels.BatchNorm, "pool": kernels.max_pool}
+
+
+def build_encoder(name: str, *, cpu_kernels: bool | None = None, **fields) -> nn.Module:
+    """The encoder called `name`, its fields overridden by `fields` (e.g. dtype, widths).
+
+    `cpu_kernels` picks its layers: None takes the `groundwork_cpu` package's where it is
+    installed and JAX computes on the CPU, else flax's; True requires them (RuntimeError
+    saying what to install otherwise); False keeps flax's. `conv`, `norm` or `pool` given in
+    `fields` win over the package's.
+    """
     if name not in _ENCODERS:
         raise ValueError(f"Unknown encoder {name!r}; choose one of {encoder_names()}.")
-    return _ENCODERS[name](**kwargs)
+    factory = _ENCODERS[name]
+    if cpu_kernels is None:
+        kernels = backend.cpu_kernels()
+    elif cpu_kernels:
+        kernels = backend.require_cpu_kernels()
+    else:
+        kernels = None
+    return factory(**{**_platform_layers(factory, kernels), **fields})
 
 
 __all__ = [

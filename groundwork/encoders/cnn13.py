@@ -8,14 +8,14 @@ The classifier (one `WeightNormDense(num_classes)`) belongs to the trainer.
 """
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from groundwork.encoders.layers import WeightNormConv, activation_fn, batch_norm, max_pool2
+from groundwork.encoders.layers import ModuleDef, WeightNormConv, activation_fn, batch_norm
 
 Array = jax.Array
 Dtype = Any
@@ -32,6 +32,9 @@ class CNN13(nn.Module):
     widths: Sequence[int] = (128, 256, 512, 256, 128)
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
+    conv: ModuleDef = WeightNormConv
+    norm: ModuleDef = nn.BatchNorm
+    pool: Callable[..., Array] = nn.max_pool
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
@@ -41,13 +44,13 @@ class CNN13(nn.Module):
         w1, w2, w3a, w3b, w3c = self.widths
 
         def conv_bn_act(y: Array, name: str, width: int, kernel: int, padding) -> Array:
-            y = WeightNormConv(width, kernel, padding, dtype=self.dtype, name=f"conv{name}")(y)
-            return act(batch_norm(train, self.dtype, f"bn{name}")(y))
+            y = self.conv(width, kernel, padding, dtype=self.dtype, name=f"conv{name}")(y)
+            return act(batch_norm(self.norm, train, self.dtype, f"bn{name}")(y))
 
         for stage, width in (("1", w1), ("2", w2)):
             for sub in "abc":
                 x = conv_bn_act(x, stage + sub, width, 3, 1)
-            x = max_pool2(x)
+            x = self.pool(x, (2, 2), strides=(2, 2), padding="VALID")
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = conv_bn_act(x, "3a", w3a, 3, "VALID")
         x = conv_bn_act(x, "3b", w3b, 1, "VALID")

@@ -1,9 +1,10 @@
 """Layers shared by the encoders: activations, BatchNorm settings, DropBlock, weight norm.
 
-All layers take NHWC inputs, keep parameters in float32 and compute in `dtype`.
+All layers take NHWC inputs, keep parameters in float32 and compute in `dtype`. Encoders
+take their convolution, BatchNorm and max-pool as fields (`conv`, `norm`, `pool`), so the
+platform's layers are chosen where the model is built (`build_encoder`), never here.
 """
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,10 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
-from groundwork.encoders import fast_conv, onednn_layers
-
 Array = jax.Array
 Dtype = Any
+# A layer class (`nn.Conv`, `nn.BatchNorm`) or a partial of one, as flax's imagenet example.
+ModuleDef = Any
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": nn.relu,
@@ -33,86 +34,14 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
-class CpuTrainBatchNorm(nn.Module):
-    """`nn.BatchNorm` in training mode, float32, computed by oneDNN (onednn_layers.py).
+def batch_norm(norm: ModuleDef, train: bool, dtype: Dtype, name: str,
+               momentum: float = 0.9) -> nn.Module:
+    """`norm` (an `nn.BatchNorm`-like class) with PyTorch's defaults.
 
-    Same variables (params 'scale', 'bias'; batch_stats 'mean', 'var'), initial values and
-    running-average rule as flax's, so checkpoints move freely between the two; on a 2-core
-    CPU the statistics, normalisation and backward run 1.1-3x faster than XLA's lowering.
+    torch's momentum 0.1 is flax's 0.9; epsilon 1e-5 is torch's; parameters stay float32.
     """
-
-    momentum: float = 0.9
-    epsilon: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        shape = (x.shape[-1],)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(shape, jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(shape, jnp.float32))
-        scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
-        y, mean, var = onednn_layers.batch_norm_train(x, scale, bias, self.epsilon)
-        if not self.is_initializing():
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y
-
-
-def batch_norm(train: bool, dtype: Dtype, name: str, momentum: float = 0.9) -> nn.Module:
-    """BatchNorm with PyTorch's defaults (torch momentum 0.1 is flax momentum 0.9).
-
-    Training-mode float32 BatchNorm takes oneDNN's kernels where the convolutions do
-    (`onednn_layers.enabled()`, decided when traced); everything else is `nn.BatchNorm`.
-    """
-    if train and jnp.dtype(dtype) == jnp.float32 and onednn_layers.enabled():
-        return CpuTrainBatchNorm(momentum=momentum, epsilon=1e-5, name=name)
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=momentum, epsilon=1e-5,
-        dtype=dtype, param_dtype=jnp.float32, name=name)
-
-
-def max_pool2(x: Array) -> Array:
-    """2x2 max-pool, stride 2, odd sizes floored (torch `MaxPool2d(2)`).
-
-    On CPU it is a reshape and a max over the 2x2 windows: XLA's CPU backend runs
-    `reduce_window`'s gradient (select-and-scatter) 3-6x slower than the reduction's
-    (ResNet-12 at 84x84, batch 16: 79 against 26 ms for the first pool, forward and
-    backward). The values are the same; so are the gradients except where a window
-    holds tied maxima, which the reduction shares out and select-and-scatter gives to
-    one of them (both are gradients of max; after a ReLU the tie is at 0, where the
-    ReLU passes no gradient anyway). Where the convolutions run on oneDNN, so does the
-    pool (onednn_layers.py: 9x faster again, forward and backward, on ResNet-12's first
-    pool). Accelerators keep `reduce_window`.
-    """
-    if x.dtype == jnp.float32 and onednn_layers.enabled():
-        return onednn_layers.max_pool(x, (2, 2), (2, 2), ((0, 0), (0, 0)))
-    if jax.default_backend() != "cpu":
-        return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-    b, h, w, c = x.shape
-    x = x[:, :h // 2 * 2, :w // 2 * 2]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def max_pool3_stride2(x: Array) -> Array:
-    """3x3 max-pool, stride 2, padding 1 (torch `MaxPool2d(3, 2, 1)`, the ResNet-18 stem's).
-
-    On CPU it is the elementwise max of the nine strided shifts of the (-inf padded) input,
-    for the reason of `max_pool2`: XLA's CPU backend runs `reduce_window`'s gradient
-    through select-and-gather/scatter (ResNet-18 at 84x84, batch 64: ~110 ms of a 570 ms
-    step). Values are the same; gradients too, but for tied maxima (see `max_pool2`).
-    Where the convolutions run on oneDNN, so does the pool (onednn_layers.py: 18 -> 2 ms
-    forward and backward at 42x42x64, batch 64). Accelerators keep `reduce_window`.
-    """
-    if x.dtype == jnp.float32 and onednn_layers.enabled():
-        return onednn_layers.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
-    if jax.default_backend() != "cpu":
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    b, h, w, c = x.shape
-    h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-    shifts = [jax.lax.slice(padded, (0, i, j, 0), (b, i + 2 * h_out - 1, j + 2 * w_out - 1, c),
-                            (1, 2, 2, 1)) for i in range(3) for j in range(3)]
-    return functools.reduce(jnp.maximum, shifts)
+    return norm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
+                dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 # PyTorch's default init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -211,12 +140,14 @@ class WeightNormConv(nn.Module):
 
     Parameters: `v` [kh, kw, in, out], `g` [out], `bias` [out].
     `padding` is 'SAME', 'VALID' or an int applied to every side (torch style).
+    `conv_general_dilated` computes the convolution, as in `nn.Conv`.
     """
 
     features: int
     kernel_size: int = 3
     padding: str | int = "SAME"
     dtype: Dtype = jnp.float32
+    conv_general_dilated: Callable[..., Array] = jax.lax.conv_general_dilated
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -229,7 +160,7 @@ class WeightNormConv(nn.Module):
         padding = self.padding
         if isinstance(padding, int):
             padding = ((padding, padding), (padding, padding))
-        y = fast_conv.conv_general_dilated(
+        y = self.conv_general_dilated(
             x, kernel, window_strides=(1, 1), padding=padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias
