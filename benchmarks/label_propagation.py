@@ -4,19 +4,23 @@ The replica follows ahmetius/LP-DeepSSL `DBSS.update_plabels` step by step, on
 CPU: faiss `IndexFlatIP` kNN (k + 1, first column dropped), `D ** 3` without
 clipping, a scipy.sparse graph W + W^T, `normalize_connection_graph`, one
 `scipy.sparse.linalg.cg` per class (tol 1e-6, 20 iterations; scipy >= 1.12
-calls it rtol), the per-class ranks `cg_diffusion` computes, negatives set to 0, L1 rows, `scipy.stats.entropy` weights,
-argmax, labeled overrides and per-class weights.
+calls it rtol), the per-class ranks `cg_diffusion` computes, negatives set to 0, L1 rows,
+`scipy.stats.entropy` weights, argmax, labeled overrides and per-class weights.
 
 Both run on the same random-but-clustered features (unit-norm class centres
 plus Gaussian noise of norm `--noise`, shuffled), with a balanced labeled
-subset. Each part is timed `--repeats` times, reference and ours alternating,
-each after `--pause` seconds of rest (as benchmarks/train_speed.py: the side
-that ran last leaves worker threads spinning), and the best run counts (the JAX
-programs are compiled once per shape, as in training, where every epoch has the
-same N, k and C; the first call, compile included, is reported apart). Pseudo-label agreement is over all images; the
-two may differ only at near-ties (float32 here, float64 in scipy's CG).
+subset; ours start on the device, as in training. Each part is timed `--repeats` times,
+reference and ours alternating, each after `--pause` seconds of rest (as
+benchmarks/train_speed.py: the side that ran last leaves worker threads spinning), and the
+best run counts (the JAX programs are compiled once per shape, as in training, where every
+epoch has the same N, k and C; the first call, compile included, is reported apart). Our
+graph operator is `--graph` (knn_graph.graph_ops: 'coo', the pure-JAX default, or 'rows',
+the groundwork_cpu package's); its build (affinities included) and one product W @ p are
+also timed on their own. Pseudo-label agreement is over all images; the two may differ
+only at near-ties (float32 here, float64 in scipy's CG). The load average before and after
+each setting is recorded with the figures.
 
-  python benchmarks/label_propagation.py --out /tmp/lp_benchmark.json --repeats 5
+  python benchmarks/label_propagation.py --out /tmp/lp_benchmark.json --repeats 5 --graph coo
 """
 import argparse
 import json
@@ -30,12 +34,14 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import faiss  # noqa: E402  pylint: disable=wrong-import-position
 import jax  # noqa: E402  pylint: disable=wrong-import-position
+import jax.numpy as jnp  # noqa: E402  pylint: disable=wrong-import-position
 import scipy.sparse  # noqa: E402  pylint: disable=wrong-import-position
 import scipy.sparse.linalg  # noqa: E402  pylint: disable=wrong-import-position
 import scipy.stats  # noqa: E402  pylint: disable=wrong-import-position
 
+from semisup import knn  # noqa: E402  pylint: disable=wrong-import-position
+from semisup import knn_graph  # noqa: E402  pylint: disable=wrong-import-position
 from semisup import label_propagation as lp  # noqa: E402  pylint: disable=wrong-import-position
-from semisup.knn import knn_search  # noqa: E402  pylint: disable=wrong-import-position
 
 SETTINGS = ({'d': 128, 'classes': 10, 'labels': 4000}, {'d': 512, 'classes': 100, 'labels': 10000})
 
@@ -121,32 +127,38 @@ def reference_graph_and_diffusion(sims, idx, labels, labeled_mask, classes, k, a
 # ----------------------------------------------------------------------------
 # Timing.
 # ----------------------------------------------------------------------------
-def best_of(repeats, fn):
-  times, result = [], None
+def best_of(repeats, fn, *args):
+  """Best wall time of `repeats` calls after one untimed call (compilation)."""
+  jax.block_until_ready(fn(*args))
+  times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    result = jax.block_until_ready(fn())
+    jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - start)
-  return min(times), result
+  return min(times)
 
 
-def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend, pause):
+def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_engine, graph, pause):
+  load_before = os.getloadavg()
   features, labels = clustered_features(n, d, classes, noise, seed)
   mask = balanced_labeled(labels, num_labeled, classes, seed)
   unlabeled = ~mask
+  ops = knn_graph.graph_ops(graph)
+  on_device = jnp.asarray(features)
+  known, labeled = jnp.asarray(np.where(mask, labels, -1)), jnp.asarray(mask)
 
   start = time.perf_counter()
-  jax.block_until_ready(lp.label_propagation(features, labels, mask, classes, k=k,
-                                             knn_backend=knn_backend))
+  jax.block_until_ready(lp.label_propagation(on_device, known, labeled, classes, k=k,
+                                             knn_backend=knn_engine, graph_ops=ops))
   first_call = time.perf_counter() - start
   # Each part alternates reference and ours, so load from elsewhere hits both alike.
-  times = {key: [] for key in ('ref_knn', 'knn', 'ref_gd', 'gd', 'e2e')}
+  times = {key: [] for key in ('ref_knn', 'knn', 'ref_gd', 'gd')}
   for _ in range(repeats):
     for key, fn in (('ref_knn', lambda: reference_knn(features, k)),
-                    ('knn', lambda: knn_search(features, k, backend=knn_backend))):
+                    ('knn', lambda: knn.knn_search(on_device, k, engine=knn_engine))):
       time.sleep(pause)
       start = time.perf_counter()
-      out = fn()
+      out = jax.block_until_ready(fn())
       times[key].append(time.perf_counter() - start)
       if key == 'ref_knn':
         ref_sims, ref_idx = out
@@ -154,31 +166,41 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend
         sims, idx = out
     for key, fn in (('ref_gd', lambda: reference_graph_and_diffusion(
         ref_sims, ref_idx, labels, mask, classes, k)),
-                    ('gd', lambda: lp.propagate(sims, idx, labels, mask, classes)),
-                    ('e2e', lambda: lp.label_propagation(features, labels, mask, classes, k=k,
-                                                         knn_backend=knn_backend))):
+                    ('gd', lambda: lp.propagate(sims, idx, known, labeled, classes,
+                                                graph_ops=ops))):
       time.sleep(pause)
       start = time.perf_counter()
       out = jax.block_until_ready(fn())
       times[key].append(time.perf_counter() - start)
       if key == 'ref_gd':
         ref = out
-      elif key == 'e2e':
+      else:
         ours = out
   best = {key: min(value) for key, value in times.items()}
+
+  # The operator on its own: W from the kNN lists (s^3 included), and one W @ p.
+  build = jax.jit(lambda s, i: ops.build(lp.affinities(s, 3.0, True), i))
+  w = build(jnp.asarray(sims), jnp.asarray(idx))
+  p = jax.random.normal(jax.random.key(seed), (n, classes), jnp.float32)
+  time.sleep(pause)
+  build_s = best_of(repeats, build, jnp.asarray(sims), jnp.asarray(idx))
+  time.sleep(pause)
+  matvec_s = best_of(max(repeats, 10), jax.jit(ops.matvec), w, p)
 
   pseudo = np.asarray(ours.pseudo_labels)
   truth = labels[unlabeled]
   return {
       'n': n, 'k': k, 'd': d, 'classes': classes, 'labels': num_labeled, 'noise': noise,
-      'knn_backend': knn_backend, 'repeats': repeats, 'all_times_s': times,
+      'knn_engine': knn.resolve(knn_engine),
+      'graph': 'coo' if ops is knn_graph.COO else ops.build.__module__,
+      'repeats': repeats, 'load_average_before': load_before,
+      'load_average_after': os.getloadavg(), 'all_times_s': times,
       'reference_s': {'knn': best['ref_knn'], 'graph_diffusion': best['ref_gd'],
                       'end_to_end': best['ref_knn'] + best['ref_gd']},
-      # End to end = best kNN + best graph/diffusion on both sides (a whole
-      # `label_propagation` call, timed too, mixes two moments of a shared machine).
+      # End to end = best kNN + best graph/diffusion on both sides.
       'ours_s': {'knn': best['knn'], 'graph_diffusion': best['gd'],
-                 'end_to_end': best['knn'] + best['gd'], 'one_call': best['e2e'],
-                 'first_call_with_compile': first_call},
+                 'end_to_end': best['knn'] + best['gd'], 'graph_build': build_s,
+                 'one_matvec': matvec_s, 'first_call_with_compile': first_call},
       'speedup': {'knn': best['ref_knn'] / best['knn'],
                   'graph_diffusion': best['ref_gd'] / best['gd'],
                   'end_to_end': (best['ref_knn'] + best['ref_gd']) / (best['knn'] + best['gd'])},
@@ -189,7 +211,7 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_backend
       'max_rel_class_weight_difference': float(np.max(
           np.abs(np.asarray(ours.class_weights) - ref[2]) / ref[2])),
       'knn_agreement_vs_reference': float(np.mean(
-          np.sort(idx, axis=1) == np.sort(ref_idx[:, 1:], axis=1))),
+          np.sort(np.asarray(idx), axis=1) == np.sort(ref_idx[:, 1:], axis=1))),
   }
 
 
@@ -202,7 +224,10 @@ def main(argv=None):
                       help='noise norm relative to the unit class centres')
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--knn-backend', default='auto', choices=('auto', 'jax', 'faiss'))
+  parser.add_argument('--knn-backend', default='auto', choices=knn.ENGINES)
+  parser.add_argument('--graph', default='auto', choices=knn_graph.KINDS,
+                      help="W's operator: 'coo' (pure JAX), 'rows' (the groundwork_cpu "
+                      "package's), 'auto' (rows where the package serves, else coo)")
   parser.add_argument('--settings', default='0,1', help='indices into SETTINGS to run')
   parser.add_argument('--pause', type=float, default=0.5,
                       help='seconds of rest before each timed part, for the worker threads the '
@@ -214,15 +239,17 @@ def main(argv=None):
   for i in (int(s) for s in args.settings.split(',')):
     s = SETTINGS[i]
     r = run_setting(args.n, args.k, s['d'], s['classes'], s['labels'], args.noise, args.repeats,
-                    args.seed, args.knn_backend, args.pause)
+                    args.seed, args.knn_backend, args.graph, args.pause)
     results.append(r)
     ref, ours, up = r['reference_s'], r['ours_s'], r['speedup']
     print(f"N={r['n']} d={r['d']} C={r['classes']} labels={r['labels']} "
-          f"(kNN backend {r['knn_backend']}, {jax.default_backend()})")
+          f"(kNN engine {r['knn_engine']}, graph {r['graph']}, {jax.default_backend()}; "
+          f"load {r['load_average_before'][0]:.2f} -> {r['load_average_after'][0]:.2f})")
     for part in ('knn', 'graph_diffusion', 'end_to_end'):
-      print(f'  {part:16s} reference {ref[part]:7.2f} s   ours {ours[part]:7.2f} s   '
+      print(f'  {part:16s} reference {ref[part]:7.3f} s   ours {ours[part]:7.3f} s   '
             f'x{up[part]:.2f}')
-    print(f"  one label_propagation call {ours['one_call']:.2f} s; "
+    print(f"  graph build {1e3 * ours['graph_build']:.1f} ms, one W @ p "
+          f"{1e3 * ours['one_matvec']:.1f} ms; "
           f"first call incl. compile {ours['first_call_with_compile']:.2f} s; "
           f"pseudo-label agreement {r['pseudo_label_agreement']:.5f}; accuracy ours "
           f"{r['pseudo_label_accuracy']['ours']:.4f} reference "

@@ -22,28 +22,34 @@ Deviations from the reference code:
   where the reference's entropy of a zero row makes every weight NaN; its
   pseudo-label is the argmax of zeros, class 0, counted in zeta as there;
 - self is removed from the kNN lists by index, not by dropping column 0, which
-  with exact duplicates can be another image (`knn.drop_self`);
-- on CPU, W and its product are C++ kernels (ssl/knn_graph_cpu.cc, XLA FFI
-  calls inside the compiled programs; 2x faster than XLA's gathers there); on
-  GPU/TPU, and where the kernels cannot be built, W is pure JAX gather tables,
-  whose integer layout (one sort) is built with NumPy on the host, ~10x faster
-  there than XLA's CPU sort. Both give the same W (tests). All arithmetic is on
-  device.
+  with exact duplicates can be another image (`knn.drop_self`).
 
-Speed (N = 50,000 on a 2-core CPU): see benchmarks/label_propagation.py and
-README. The kNN search dominates; the graph, then the 20 CG steps and the
-weights, run as two compiled programs over an O(Nk) row layout of W
-(`knn_graph.py`).
+Everything from the features to the pseudo-labels runs on the device (the 'jax' kNN engine
+keeps its output there; 'cpu' and 'faiss' search on the host): the kNN graph, then W and
+the 20 CG steps and the weights as two compiled programs. W sits behind a graph operator
+(`knn_graph.GraphOps`): the pure-JAX COO graph by default, or, where the optional
+`groundwork_cpu` package serves the CPU, its row graph, which gives the same W.
+
+Settings are checked once by `check_settings` (the trainer's `check_config`, and again with
+N once the data is read) and the labelled split once by `check_labels` where it is known;
+`label_propagation` checks its settings (cheap Python values) and the features' finiteness
+(one device reduction), not the labels.
+
+Speed (N = 50,000, k = 50): see benchmarks/label_propagation.py and README.
 """
 import functools
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from semisup import knn
 from semisup import knn_graph
-from semisup.knn import knn_search
+
+# Above this share of the images as neighbours, the kNN graph stops being local.
+LARGE_K_SHARE = 0.1
 
 
 class Propagation(NamedTuple):
@@ -56,43 +62,42 @@ class Propagation(NamedTuple):
 def label_propagation(features, labels, labeled_mask, num_classes: int, *, k: int = 50,
                       gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
                       clip_negative: bool = True, knn_backend: str = 'auto',
-                      cg_rtol: float = 1e-6) -> Propagation:
-  """Pseudo-labels and weights for every image from `features [N, d]`.
+                      cg_rtol: float = 1e-6,
+                      graph_ops: knn_graph.GraphOps | None = None) -> Propagation:
+  """Pseudo-labels and weights for every image from `features [N, d]` (best on device).
 
-  `labels [N]` is read only where `labeled_mask [N]` is true (elsewhere it may
-  be -1). `knn_backend`: 'auto' (ssl/knn_cpu.cc on CPU, faiss where it cannot be built;
-  JAX elsewhere), 'cpu', 'jax' or 'faiss'.
+  `labels [N]` is read only where `labeled_mask [N]` is true (elsewhere it may be -1); the
+  split must pass `check_labels`, which the caller runs once where the split is known.
+  `knn_backend`: a `knn.ENGINES` name; `graph_ops`: W's operator (`knn_graph.graph_ops()`
+  when None).
   """
-  x = np.asarray(features, np.float32)
-  labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
-  _check_inputs(x, labels, labeled_mask, num_classes, k, gamma, clip_negative)
-  similarities, indices = knn_search(x, k, backend=knn_backend)
+  x = jnp.asarray(features, jnp.float32)
+  if x.ndim != 2:
+    raise ValueError(f'features must be [N, d]; got shape {x.shape}.')
+  check_settings(k=k, gamma=gamma, alpha=alpha, cg_iterations=cg_iterations,
+                 clip_negative=clip_negative, knn_backend=knn_backend, num_images=x.shape[0])
+  _check_finite(x)
+  similarities, indices = knn.knn_search(x, k, engine=knn_backend)
   return propagate(similarities, indices, labels, labeled_mask, num_classes, gamma=gamma,
                    alpha=alpha, cg_iterations=cg_iterations, clip_negative=clip_negative,
-                   cg_rtol=cg_rtol)
+                   cg_rtol=cg_rtol, graph_ops=graph_ops)
 
 
 def propagate(similarities, indices, labels, labeled_mask, num_classes: int, *,
               gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
-              clip_negative: bool = True, cg_rtol: float = 1e-6) -> Propagation:
-  """Steps 2-4 on a given kNN graph: `similarities`, `indices` `[N, k]` from `knn_search`."""
-  labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
-  similarities, indices = np.asarray(similarities, np.float32), np.asarray(indices)
-  n = indices.shape[0]
-  _check_labels(labels, labeled_mask, n, num_classes)
-  _check_gamma(gamma, clip_negative)
-  if indices.shape != similarities.shape or indices.min() < 0 or indices.max() >= n:
-    raise ValueError(f'indices {indices.shape} must match similarities {similarities.shape} and '
-                     f'lie in [0, {n - 1}]; got [{indices.min()}, {indices.max()}].')
-  labels = np.where(labeled_mask, labels, 0).astype(np.int32)
+              clip_negative: bool = True, cg_rtol: float = 1e-6,
+              graph_ops: knn_graph.GraphOps | None = None) -> Propagation:
+  """Steps 2-4 on a given kNN graph: `similarities`, `indices` `[N, k]` from `knn_search`,
+  settings and labels already checked."""
+  ops = knn_graph.graph_ops() if graph_ops is None else graph_ops
   # Two compiled programs: W's arrays (tens of MB) come back as outputs, which the allocator
   # keeps for the next call; as temporaries inside one program they were mapped afresh on
   # every call (glibc malloc, N = 50,000: 15,500 page faults and +12 ms a call).
-  graph = _graph(jnp.asarray(similarities), knn_graph.structure(indices), gamma=float(gamma),
-                 clip_negative=bool(clip_negative))
-  return _diffuse(graph, jnp.asarray(labels), jnp.asarray(labeled_mask),
-                  jnp.asarray(seed_matrix(labels, labeled_mask, num_classes)),
-                  alpha=float(alpha), iterations=int(cg_iterations), rtol=float(cg_rtol))
+  graph = _graph(jnp.asarray(similarities, jnp.float32), jnp.asarray(indices, jnp.int32),
+                 ops=ops, gamma=float(gamma), clip_negative=bool(clip_negative))
+  return _diffuse(graph, jnp.asarray(labels, jnp.int32), jnp.asarray(labeled_mask, bool),
+                  ops=ops, num_classes=int(num_classes), alpha=float(alpha),
+                  iterations=int(cg_iterations), rtol=float(cg_rtol))
 
 
 def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, sample_weights: jax.Array,
@@ -178,57 +183,78 @@ def certainty(z: jax.Array):
   return jnp.argmax(probs, axis=1).astype(jnp.int32), omega
 
 
-@functools.partial(jax.jit, static_argnames=('gamma', 'clip_negative'))
-def _graph(similarities, structure, *, gamma, clip_negative):
-  return knn_graph.build(affinities(similarities, gamma, clip_negative), structure)
+@functools.partial(jax.jit, static_argnames=('ops', 'gamma', 'clip_negative'))
+def _graph(similarities, indices, *, ops, gamma, clip_negative):
+  return ops.build(affinities(similarities, gamma, clip_negative), indices)
 
 
-@functools.partial(jax.jit, static_argnames=('iterations',))
-def _diffuse(graph, labels, labeled_mask, seeds, *, alpha, iterations, rtol) -> Propagation:
-  z = conjugate_gradient(lambda p: p - alpha * knn_graph.matvec(graph, p), seeds, iterations, rtol)
+@functools.partial(jax.jit, static_argnames=('ops', 'num_classes', 'iterations'))
+def _diffuse(graph, labels, labeled_mask, *, ops, num_classes, alpha, iterations,
+             rtol) -> Propagation:
+  labels = jnp.where(labeled_mask, labels, 0)
+  seeds = seed_matrix(labels, labeled_mask, num_classes)
+  z = conjugate_gradient(lambda p: p - alpha * ops.matvec(graph, p), seeds, iterations, rtol)
   pseudo, omega = certainty(z)
   pseudo = jnp.where(labeled_mask, labels, pseudo)
   omega = jnp.where(labeled_mask, 1.0, omega)
-  num_images, num_classes = seeds.shape
   counts = jnp.bincount(pseudo, length=num_classes)  # >= 1: every class has a labeled image.
+  num_images = labels.shape[0]
   return Propagation(pseudo, omega, (num_images / num_classes) / counts.astype(jnp.float32), z)
 
 
-def seed_matrix(labels: np.ndarray, labeled_mask: np.ndarray, num_classes: int) -> np.ndarray:
+def seed_matrix(labels: jax.Array, labeled_mask: jax.Array, num_classes: int) -> jax.Array:
   """Y [N, C]: column c is 1 / |L_c| on the labeled images of class c."""
-  seeds = np.zeros((labels.shape[0], num_classes), np.float32)
-  idx = np.flatnonzero(labeled_mask)
-  counts = np.bincount(labels[idx], minlength=num_classes)
-  seeds[idx, labels[idx]] = 1.0 / counts[labels[idx]]
-  return seeds
+  member = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * labeled_mask[:, None]
+  counts = member.sum(axis=0)
+  return member / jnp.where(counts > 0, counts, 1.0)
 
 
-def _check_inputs(x, labels, labeled_mask, num_classes, k, gamma, clip_negative):
-  if x.ndim != 2:
-    raise ValueError(f'features must be [N, d]; got shape {x.shape}.')
-  n = x.shape[0]
-  _check_labels(labels, labeled_mask, n, num_classes)
-  if not 0 < k < n:
-    raise ValueError(f'k={k} must be in [1, N-1] = [1, {n - 1}] for N={n} images.')
-  _check_gamma(gamma, clip_negative)
-  bad = ~np.isfinite(x)
-  if bad.any():
-    rows = np.flatnonzero(bad.any(axis=1))
-    raise ValueError(f'features contain {bad.sum()} NaN/inf values in {rows.size} rows (first: row '
-                     f'{rows[0]}); the encoder diverged or its input was not normalised.')
+# ----------------------------------------------------------------------------
+# Checks: settings and labels once per run, features on every call.
+# ----------------------------------------------------------------------------
+def check_settings(*, k: int, gamma: float, alpha: float, cg_iterations: int,
+                   clip_negative: bool, knn_backend: str = 'auto',
+                   num_images: int | None = None) -> None:
+  """A ValueError naming the `config.lp` field and its allowed range for a setting outside it.
 
-
-def _check_gamma(gamma, clip_negative):
-  if not clip_negative and float(gamma) != int(gamma):
-    raise ValueError(f'gamma={gamma} with clip_negative=False: a negative similarity has no real '
+  With `num_images` (N, known once the data is read) also k < N, and a warning when k is
+  more than LARGE_K_SHARE of N.
+  """
+  if k != int(k) or k < 1:
+    raise ValueError(f'config.lp.k={k} must be an integer in [1, N-1] (N: the images '
+                     'propagated over; an image is never its own neighbour).')
+  if num_images is not None:
+    if k >= num_images:
+      raise ValueError(f'config.lp.k={k} must be smaller than the {num_images} images: it '
+                       f'lies in [1, N-1] = [1, {num_images - 1}] (an image is never its own '
+                       'neighbour).')
+    if k > LARGE_K_SHARE * num_images:
+      warnings.warn(f'config.lp.k={k} is {k / num_images:.0%} of the {num_images} images: '
+                    'each list reaches far past its own class and the propagation blurs '
+                    'the classes together.', stacklevel=2)
+  if not 0 < alpha < 1:
+    raise ValueError(f'config.lp.alpha={alpha} must lie in (0, 1): outside it I - alpha W '
+                     'is not positive definite and conjugate gradient solves something else.')
+  if not gamma > 0:
+    raise ValueError(f'config.lp.gamma={gamma} must be positive (affinities are '
+                     'similarities to the power gamma).')
+  if not clip_negative and gamma != int(gamma):
+    raise ValueError(f'config.lp.gamma={gamma} must be an integer with '
+                     'config.lp.clip_negative=False: a negative similarity has no real '
                      'non-integer power; use an integer gamma or clip_negative=True.')
+  if cg_iterations != int(cg_iterations) or cg_iterations < 1:
+    raise ValueError(f'config.lp.cg_iterations={cg_iterations} must be an integer, at '
+                     'least 1.')
+  knn.check_engine(knn_backend)
 
 
-def _check_labels(labels, labeled_mask, n, num_classes):
-  for name, value in (('labels', labels), ('labeled_mask', labeled_mask)):
-    if value.shape != (n,):
-      raise ValueError(f'{name} has shape {value.shape} but there are {n} images: give one '
-                       f'entry per image ([{n}]).')
+def check_labels(labels, labeled_mask, num_classes: int) -> None:
+  """A ValueError unless every class has a labeled image and every label is in range."""
+  labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
+  n = labels.shape[0] if labels.ndim else 0
+  if labels.shape != (n,) or labeled_mask.shape != (n,):
+    raise ValueError(f'labels {labels.shape} and labeled_mask {labeled_mask.shape} must both '
+                     'be [N]: one entry per image.')
   if num_classes < 2:
     raise ValueError(f'num_classes={num_classes}: propagation needs at least 2 classes.')
   given = labels[labeled_mask]
@@ -242,3 +268,12 @@ def _check_labels(labels, labeled_mask, n, num_classes):
     raise ValueError(f'class {missing[0]} has no labeled image ({missing.size} of {num_classes} '
                      f'classes have none: {missing[:10].tolist()}); every class needs at least '
                      'one label to propagate from.')
+
+
+def _check_finite(x: jax.Array) -> None:
+  finite = jnp.isfinite(x)
+  bad = int(jnp.size(x) - jnp.count_nonzero(finite))
+  if bad:
+    rows = np.flatnonzero(~np.asarray(finite.all(axis=1)))
+    raise ValueError(f'features contain {bad} NaN/inf values in {rows.size} rows (first: row '
+                     f'{rows[0]}); the encoder diverged or its input was not normalised.')

@@ -28,7 +28,8 @@ from groundwork.evaluation import map_in_batches
 from groundwork.data import augment, augment_batch, augment_spec_for, two_stream_batches
 from groundwork.encoders import WeightNormDense, build_encoder
 from semisup import datasets
-from semisup.label_propagation import label_propagation, weighted_cross_entropy
+from semisup.label_propagation import (check_labels, check_settings, label_propagation,
+                                       weighted_cross_entropy)
 from semisup.mean_teacher import (consistency_weight, ema_update, logit_distance, mean_teacher_lr,
                                    softmax_mse)
 
@@ -36,6 +37,13 @@ METHODS = {'supervised': ('supervised',), 'mt': ('mt',), 'dlp': ('supervised', '
            'mt_dlp': ('mt', 'mt_dlp')}
 MEAN_TEACHER_STAGES = ('mt', 'mt_dlp')
 PROPAGATION_STAGES = ('dlp', 'mt_dlp')
+
+
+def lp_settings(config: ml_collections.ConfigDict) -> dict:
+  """The keyword arguments of `check_settings` and `label_propagation` from `config.lp`."""
+  return dict(k=config.lp.k, gamma=config.lp.gamma, alpha=config.lp.alpha,
+              cg_iterations=config.lp.cg_iterations, clip_negative=config.lp.clip_negative,
+              knn_backend=config.lp.knn_backend)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -47,8 +55,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f'between 0 and config.batch_size={config.batch_size}.')
   if config.labels < 1 and not config.label_file:
     raise ValueError(f'config.labels={config.labels} must be at least 1.')
-  if config.lp.k < 1:
-    raise ValueError(f'config.lp.k={config.lp.k} must be at least 1.')
+  check_settings(**lp_settings(config))
   for stage in METHODS[config.method]:
     if config.epochs[stage] < 1:
       raise ValueError(f'config.epochs.{stage}={config.epochs[stage]} must be at least 1.')
@@ -172,19 +179,43 @@ def mean_teacher_schedule(optim, steps_per_epoch: int, stage_epochs: int):
                                       optim.rampup_epochs, optim.rampdown_ratio * stage_epochs)
 
 
-def propagate(state, config, student, train, labeled_idx):
-  """Pseudo-labels, certainty weights and class weights for every training image."""
-  _, features = map_in_batches(lambda b: student(state, b), train.images,
-                               config.eval_batch_size)
+def known_labels(train, labeled_idx) -> np.ndarray:
+  """[N] int32: the label of each labelled image, -1 elsewhere."""
   known = np.full(len(train.labels), -1, np.int32)
   known[labeled_idx] = train.labels[labeled_idx]
-  result = label_propagation(
-      jnp.asarray(features), jnp.asarray(known), jnp.asarray(known >= 0), train.num_classes,
-      k=config.lp.k, gamma=config.lp.gamma, alpha=config.lp.alpha,
-      cg_iterations=config.lp.cg_iterations, clip_negative=config.lp.clip_negative,
-      knn_backend=config.lp.knn_backend)
-  return (np.asarray(result.pseudo_labels, np.int32), np.asarray(result.weights, np.float32),
-          np.asarray(result.class_weights, np.float32))
+  return known
+
+
+def embed_on_device(fn, images: np.ndarray, batch_size: int) -> jax.Array:
+  """`fn` over `images` in batches, outputs concatenated on the device (map_in_batches
+  copies each batch's output to the host). The last batch is padded with copies of its
+  first image, so a jitted `fn` compiles once."""
+  size = min(batch_size, len(images))
+  parts = []
+  for start in range(0, len(images), size):
+    chunk = images[start:start + size]
+    real = len(chunk)
+    if real < size:
+      chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - real, axis=0)])
+    parts.append(fn(chunk)[:real])
+  return jnp.concatenate(parts)
+
+
+def propagate(state, config, student, train, labeled_idx):
+  """Pseudo-labels, certainty weights and class weights for every training image.
+
+  The features stay on the device from the embedding to the pseudo-labels, which come
+  back to the host once, for batching. Settings and labels were checked before training.
+  """
+  features = embed_on_device(lambda b: student(state, b)[1], train.images,
+                             config.eval_batch_size)
+  known = known_labels(train, labeled_idx)
+  result = label_propagation(features, known, known >= 0, train.num_classes,
+                             **lp_settings(config))
+  pseudo, weights, class_weights = jax.device_get(
+      (result.pseudo_labels, result.weights, result.class_weights))
+  return (np.asarray(pseudo, np.int32), np.asarray(weights, np.float32),
+          np.asarray(class_weights, np.float32))
 
 
 # ----------------------------------------------------------------------------
@@ -247,9 +278,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   train, test = datasets.load(config)
   labeled_idx, unlabeled_idx = datasets.split_indices(config, train)
-  if config.lp.k >= len(train.labels):
-    raise ValueError(f'config.lp.k={config.lp.k} must be smaller than the '
-                     f'{len(train.labels)} training images.')
+  if any(stage in PROPAGATION_STAGES for stage in METHODS[config.method]):
+    check_settings(**lp_settings(config), num_images=len(train.labels))
+    known = known_labels(train, labeled_idx)
+    check_labels(known, known >= 0, train.num_classes)
   mesh = training.data_mesh()
   training.check_batch_size(config.batch_size, mesh)
   os.makedirs(workdir, exist_ok=True)
