@@ -174,7 +174,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dic
     results['lake_oneshot'] = lake_oneshot_error(lambda b: embed(b)[0], data.lake_runs)
   training.write_json(os.path.join(workdir, 'results.json'), results)
   print_table(results)
+  step = int(state.step)
+  training.MetricLogger(workdir, step).log_results(step, result_scalars(results), prefix='test')
   return results
+
+
+def result_scalars(results: dict) -> dict:
+  """What TensorBoard plots of `results`: each setting's accuracy and 95% CI, Lake's error."""
+  scalars = {}
+  for name, r in results['fewshot'].items():
+    scalars[f'{name}_accuracy'], scalars[f'{name}_ci95'] = r['accuracy'], r['ci95']
+  if 'lake_oneshot' in results:
+    scalars['lake_oneshot_error'] = results['lake_oneshot']['error']
+  return scalars
 
 
 def print_table(results: dict) -> None:
@@ -248,8 +260,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # The paper keeps the checkpoint with the best 5-way accuracy on validation classes.
         val = evaluate_episodes(state, config, data.val, (config.validation.shot,),
                                 config.validation.episodes, config.validation.seed)
-        val_acc = next(iter(val.values()))['accuracy']
-        logger.log(int(state.step), {'val_accuracy': val_acc})
+        setting, summary = next(iter(val.items()))
+        val_acc = summary['accuracy']
+        logger.log_results(int(state.step), {f'{setting}_accuracy': val_acc}, prefix='val')
         if val_acc > float(best_val):
           best_val = np.asarray(val_acc)
           kept.save(int(state.step), state)

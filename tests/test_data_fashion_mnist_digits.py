@@ -3,6 +3,7 @@
 import gzip
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,9 @@ def test_fashion_mnist_from_prepared_tfds_copy(tmp_path):
   # tfds needs importlib_resources to prepare (not to read) a dataset.
   pytest.importorskip('importlib_resources', reason='tensorflow-datasets cannot write the '
                       'fixture without the importlib_resources package')
+  # TensorFlow is an optional extra: without it a tfds copy can be neither written nor read.
+  tf = pytest.importorskip('tensorflow')
   tfds = pytest.importorskip('tensorflow_datasets')
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   images = np.random.default_rng(9).integers(0, 256, (4, 28, 28, 1), dtype=np.uint8)
   features = tfds.features.FeaturesDict({
       'image': tfds.features.Image(shape=(28, 28, 1)),
@@ -119,3 +121,14 @@ def test_fashion_mnist_from_prepared_tfds_copy(tmp_path):
   np.testing.assert_array_equal(train.images, images)
   np.testing.assert_array_equal(train.labels, [0, 1, 2, 1])
   assert train.class_names == ['T-shirt/top', 'Trouser', 'Pullover'] and len(test) == 1
+
+
+def test_tfds_copy_without_tensorflow_names_the_extra(tmp_path, monkeypatch):
+  version_dir = tmp_path / 'fashion_mnist' / '3.0.1'
+  version_dir.mkdir(parents=True)
+  (version_dir / 'dataset_info.json').write_text('{}')
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)  # `import tensorflow` now fails.
+  with pytest.raises(ImportError, match='is a tensorflow-datasets copy') as error:
+    load_fashion_mnist(tmp_path)
+  assert str(version_dir) in str(error.value)
+  assert "pip install -e '.[tensorflow]' (or make install EXTRAS=tensorflow)" in str(error.value)

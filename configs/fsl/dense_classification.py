@@ -41,8 +41,8 @@ import dataclasses
 
 import ml_collections
 
-from groundwork.data import augment_spec_for
-from groundwork.training import parse_args
+from groundwork.data.augment_spec import augment_spec_for
+from groundwork.training.config_args import parse_args
 
 DATASET_DEFAULTS = {
     'omniglot': dict(image_size=28, data_dir='data/omniglot'),

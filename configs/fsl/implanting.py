@@ -36,7 +36,7 @@ Args: dataset (omniglot, miniimagenet, cifar_fs, fc100), smoke.
 """
 import ml_collections
 
-from groundwork.training import parse_args
+from groundwork.training.config_args import parse_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

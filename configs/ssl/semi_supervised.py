@@ -46,8 +46,8 @@ import dataclasses
 
 import ml_collections
 
-from groundwork.data import augment_spec_for
-from groundwork.training import parse_args
+from groundwork.data.augment_spec import augment_spec_for
+from groundwork.training.config_args import parse_args
 
 _PAPER_EPOCHS = dict(supervised=180, mt=180, dlp=180, mt_dlp=180)
 # A supervised epoch is a pass over the labelled images, the others a pass over

@@ -1,16 +1,56 @@
-"""Datasets in their published formats, label splits, episodes, augmentation, prefetch."""
-from groundwork.data import augment
-from groundwork.data.augment import (NORMALIZATION, AugmentSpec, augment_batch, augment_spec_for,
-                                     two_views)
-from groundwork.data.cifar import (CIFAR100_SUPERCLASSES, CIFAR_FS_SPLITS, FC100_SPLITS,
-                                   load_cifar10, load_cifar100, load_cifar_fs, load_fc100)
-from groundwork.data.dataset import ImageDataset, concatenate
-from groundwork.data.digits import load_digits
-from groundwork.data.episodes import Episodes, episode_batches, make_episodes
-from groundwork.data.fashion_mnist import load_fashion_mnist, read_idx
-from groundwork.data.miniimagenet import load_miniimagenet
-from groundwork.data.omniglot import (OMNIGLOT_FILES, LakeRun, lake_error_rate, load_lake_runs,
-                                      load_omniglot, omniglot_alphabet_of, omniglot_file)
-from groundwork.data.prefetch import prefetch_to_device
-from groundwork.data.splits import (balanced_labeled_indices, read_reference_labels,
-                                    two_stream_batches)
+"""Datasets in their published formats, label splits, episodes, augmentation, prefetch.
+
+Each name below is imported from its module on first use: a config reads the
+augmentation defaults (`augment_spec_for`) without loading JAX and every reader.
+"""
+
+import importlib
+
+_EXPORTS = {
+    'groundwork.data.augment': ('augment_batch', 'two_views'),
+    'groundwork.data.augment_spec': ('NORMALIZATION', 'AugmentSpec', 'augment_spec_for'),
+    'groundwork.data.cifar': (
+        'CIFAR100_SUPERCLASSES',
+        'CIFAR_FS_SPLITS',
+        'FC100_SPLITS',
+        'load_cifar10',
+        'load_cifar100',
+        'load_cifar_fs',
+        'load_fc100',
+    ),
+    'groundwork.data.dataset': ('ImageDataset', 'concatenate'),
+    'groundwork.data.digits': ('load_digits',),
+    'groundwork.data.episodes': ('Episodes', 'episode_batches', 'make_episodes'),
+    'groundwork.data.fashion_mnist': ('load_fashion_mnist', 'read_idx'),
+    'groundwork.data.miniimagenet': ('load_miniimagenet',),
+    'groundwork.data.omniglot': (
+        'OMNIGLOT_FILES',
+        'LakeRun',
+        'lake_error_rate',
+        'load_lake_runs',
+        'load_omniglot',
+        'omniglot_alphabet_of',
+        'omniglot_file',
+    ),
+    'groundwork.data.prefetch': ('prefetch_to_device',),
+    'groundwork.data.splits': (
+        'balanced_labeled_indices',
+        'read_reference_labels',
+        'two_stream_batches',
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+  # Submodules (`from groundwork.data import augment`) are found by the import system itself.
+  if name not in _MODULE_OF:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+  value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+  globals()[name] = value  # Later look-ups no longer come here.
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_MODULE_OF))

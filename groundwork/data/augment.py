@@ -8,26 +8,12 @@ rounded back), `normalize` and `augment_batch` return float32.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
 
-# (mean, std) per channel, in units of the 0..1 intensity.
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    'miniimagenet': (tuple(v / 255 for v in (120.40, 115.59, 104.54)),
-                     tuple(v / 255 for v in (70.68, 68.28, 72.55))),
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cifar100': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cifar_fs': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'fc100': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    # Measured with this package's loaders: Omniglot on images_background_small1+2
-    # at 28x28 (strokes high), Fashion-MNIST on its training set, digits on all 1,797.
-    'omniglot': ((0.0843,), (0.2393,)),
-    'fashion_mnist': ((0.2860,), (0.3530,)),
-    'digits': ((0.3053,), (0.3759,)),
-}
+# Re-exported: the per-dataset defaults live where configs can read them without JAX.
+from groundwork.data.augment_spec import NORMALIZATION, AugmentSpec, augment_spec_for
 
 
 def _restore_dtype(x: jax.Array, dtype) -> jax.Array:
@@ -110,58 +96,6 @@ def normalize(x: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> 
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   return (x.astype(jnp.float32) / 255.0 - mean) / std
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentSpec:
-  """Which augmentations `augment_batch` applies; hashable, so jit can take it as static.
-
-  Attributes:
-    crop_padding: random crop with this zero padding (0 = off).
-    translate: random translation by up to this many pixels, reflect fill (0 = off).
-    flip: random horizontal flip.
-    rotate_degrees: random rotation in ±rotate_degrees (0 = off).
-    rotate_order: 1 bilinear, 0 nearest.
-    mean, std: per-channel normalisation in 0..1 units.
-  """
-
-  crop_padding: int = 0
-  translate: int = 0
-  flip: bool = False
-  rotate_degrees: float = 0.0
-  rotate_order: int = 1
-  mean: tuple[float, ...] = (0.0,)
-  std: tuple[float, ...] = (1.0,)
-
-
-# Training augmentation of each dataset, as in the papers this code reproduces:
-# crop 8 for 84x84 and 4 for 32x32 few-shot images, ±4 reflect translation for
-# semi-supervised CIFAR, no flip for Omniglot characters (mirrored characters
-# are other characters) but ±10° rotation.
-_DEFAULT_AUGMENTATION = {
-    'miniimagenet': dict(crop_padding=8, flip=True),
-    'cifar_fs': dict(crop_padding=4, flip=True),
-    'fc100': dict(crop_padding=4, flip=True),
-    'cifar10': dict(translate=4, flip=True),
-    'cifar100': dict(translate=4, flip=True),
-    'omniglot': dict(rotate_degrees=10.0),
-    'fashion_mnist': dict(),
-    'digits': dict(),
-}
-
-
-def augment_spec_for(dataset: str, train: bool = True, **overrides) -> AugmentSpec:
-  """The default AugmentSpec of `dataset` with its normalisation, fields overridable.
-
-  With train=False only the normalisation is kept (the evaluation transform).
-  """
-  if dataset not in _DEFAULT_AUGMENTATION:
-    raise ValueError(f'No augmentation defaults for dataset {dataset!r}; known: '
-                     f'{sorted(_DEFAULT_AUGMENTATION)}.')
-  mean, std = NORMALIZATION[dataset]
-  fields = dict(_DEFAULT_AUGMENTATION[dataset] if train else {}, mean=mean, std=std)
-  fields.update(overrides)
-  return AugmentSpec(**fields)
 
 
 def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec) -> jax.Array:

@@ -1,7 +1,8 @@
 """Reading a dataset that the user has already prepared with tensorflow-datasets.
 
-TensorFlow is imported only here and only when such a copy is found, because
-importing it costs seconds.
+tensorflow-datasets, and the TensorFlow it reads tfrecords with, are imported
+only here and only when such a copy is found: importing them costs seconds, and
+TensorFlow is an optional extra (`pip install -e '.[tensorflow]'`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from groundwork.data.dataset import ImageDataset
+
+INSTALL_TENSORFLOW = "pip install -e '.[tensorflow]' (or make install EXTRAS=tensorflow)"
 
 
 def prepared_tfds_dir(data_dir: str | os.PathLike, name: str) -> Path | None:
@@ -31,8 +34,19 @@ def prepared_tfds_dir(data_dir: str | os.PathLike, name: str) -> Path | None:
   return max(candidates, key=version_key).parent
 
 
+def _require_tensorflow(version_dir: Path) -> None:
+  try:
+    import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+  except ImportError as e:
+    raise ImportError(
+        f'{version_dir} is a tensorflow-datasets copy, and reading it needs TensorFlow, '
+        f'which cannot be imported ({e}). Install the optional extra: {INSTALL_TENSORFLOW}; '
+        "or read the dataset's published files instead.") from None
+
+
 def load_tfds_split(version_dir: Path, split: str, label_key: str = 'label') -> ImageDataset:
   """One split of a prepared tfds image dataset as an ImageDataset."""
+  _require_tensorflow(version_dir)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   try:

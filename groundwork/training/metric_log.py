@@ -1,9 +1,23 @@
-"""Metrics: TensorBoard event files plus one readable stdout line per log step."""
+"""Metrics: TensorBoard event files plus one readable stdout line per log step.
+
+The event files are written with tensorboard's own record writer and protos,
+which need no TensorFlow. tensorboard's EventFileWriter is not used: its
+constructor goes through `tensorboard.compat.tf`, which imports TensorFlow
+(seconds) whenever it is installed.
+"""
+
+import itertools
+import os
+import socket
 import time
 
-from clu import metric_writers
 import jax
 import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+# Two writers opened within the same second in one process still get two files.
+_file_ids = itertools.count()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -15,21 +29,57 @@ def check_finite(loss: float, step: int, checkpoint_dir: str | None = None) -> N
     where = f' The last good checkpoint is in {checkpoint_dir}.' if checkpoint_dir else ''
     raise NonFiniteLossError(
         f'loss is {loss} at step {step}: training stopped.{where} '
-        'Lower optim.lr or check the input data.')
+        'Lower optim.lr or check the input data.'
+    )
+
+
+class EventFile:
+  """One TensorBoard event file in `logdir`, named as TensorBoard expects."""
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    name = (
+        f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+        f'{os.getpid()}.{next(_file_ids)}'
+    )
+    # Open for the run's life; every write is flushed (MetricLogger), so no close is needed.
+    self._records = RecordWriter(open(os.path.join(logdir, name), 'wb'))
+    self._write(event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+    self.flush()
+
+  def _write(self, event: event_pb2.Event) -> None:
+    self._records.write(event.SerializeToString())
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    values = [
+        summary_pb2.Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()
+    ]
+    self._write(
+        event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+    )
+
+  def flush(self) -> None:
+    self._records.flush()
 
 
 class MetricLogger:
-  """Writes scalars to TensorBoard and prints `step, loss, lr, steps/s, ETA`."""
+  """Writes scalars to TensorBoard and prints `step, loss, lr, steps/s, ETA`.
+
+  Only process 0 writes and prints; the others' calls do nothing. Tags are
+  `<prefix>/<name>` (`train/loss`); `log_results` names its own prefix
+  (`test/5way_1shot_accuracy`).
+  """
 
   def __init__(self, workdir: str, total_steps: int, prefix: str = 'train'):
-    self._writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    self._writes = jax.process_index() == 0
+    self._events = EventFile(workdir) if self._writes else None
     self._total = total_steps
     self._prefix = prefix
     self._last_time = None
     self._last_step = None
 
   def log(self, step: int, scalars: dict) -> None:
+    """Training progress: `scalars` plus steps/s since the previous call, and the ETA."""
     scalars = {k: float(v) for k, v in scalars.items()}
     now = time.perf_counter()
     if self._last_time is not None and step > self._last_step:
@@ -39,11 +89,29 @@ class MetricLogger:
     else:
       eta = None
     self._last_time, self._last_step = now, step
-    self._writer.write_scalars(step, {f'{self._prefix}/{k}': v for k, v in scalars.items()})
-    if jax.process_index() == 0:
-      text = ' '.join(f'{k}={v:.4g}' for k, v in scalars.items())
-      eta_text = f' eta={eta / 60:.1f}min' if eta is not None else ''
-      print(f'[{self._prefix}] step {step}/{self._total} {text}{eta_text}', flush=True)
+    eta_text = f' eta={eta / 60:.1f}min' if eta is not None else ''
+    self._emit(step, self._prefix, scalars, eta_text)
+
+  def log_results(self, step: int, scalars: dict, prefix: str) -> None:
+    """Evaluation results at `step`, tagged `<prefix>/<name>`; no rate, no ETA.
+
+    The evaluation's time does not count into the next steps/s, which measures
+    training alone.
+    """
+    self._emit(step, prefix, {k: float(v) for k, v in scalars.items()}, '')
+    if self._last_time is not None:
+      self._last_time, self._last_step = time.perf_counter(), step
+
+  def _emit(self, step: int, prefix: str, scalars: dict, suffix: str) -> None:
+    if not self._writes:
+      return
+    self._events.write_scalars(step, {f'{prefix}/{k}': v for k, v in scalars.items()})
+    # Each call is written through, so a killed or preempted run keeps its curves; calls
+    # are tens of steps apart.
+    self._events.flush()
+    text = ' '.join(f'{k}={v:.4g}' for k, v in scalars.items())
+    print(f'[{prefix}] step {step}/{self._total} {text}{suffix}', flush=True)
 
   def flush(self) -> None:
-    self._writer.flush()
+    if self._writes:
+      self._events.flush()
