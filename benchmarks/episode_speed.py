@@ -33,47 +33,16 @@ encoder, image size and normalisation; configs/fsl/implanting.py for the implant
     written for this benchmark would time our own port, not a reference.
 
   python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install -r benchmarks/requirements-benchmark.txt
-  BENCH_TORCH_PYTHON=/tmp/torchvenv/bin/python .venv/bin/python benchmarks/episode_speed.py --out /tmp/bench
+  make benchmark NAME=episode_speed ARGS="--torch-python=/tmp/torchvenv/bin/python --out=/tmp/bench"
   .venv/bin/python benchmarks/episode_speed.py --quick --out /tmp/bench   # smoke check, ~30 s
 
 JAX runs on its CPU backend unless JAX_PLATFORMS is set (JAX_PLATFORMS=cuda on a GPU machine);
 `--torch-device cuda` runs the PyTorch side on the GPU. On CPU implants are trained one episode
-per call (`--implant-batch 1`; the oneDNN convolutions run a batch's episodes one after another,
-so larger batches gain nothing there: Conv-4 13.4 episodes/s at 1, 13.1 at 4); elsewhere the
-config's batch_episodes (64).
+per call (`--implant-batch 1`: the oneDNN convolutions run a batch's episodes one after another,
+so larger batches gain nothing there); elsewhere the config's batch_episodes (64).
 Writes DIR/episode_speed.json.
 
-Measured on the 2-core development machine (CPU; JAX 0.10.2, convolutions through oneDNN;
-PyTorch 2.13 with 2 threads; both under jemalloc, as the launch scripts run), default cases
-and options: 3 repeats of 4 (ResNet-12) and 1,000 (Conv-4) episodes for the per-episode
-figure, 10,000 episodes per classify-only call, 3 (ResNet-12) and 12 (Conv-4) implanting
-episodes one per batch; load average 1.0 at the start and 1.8 at the end (this benchmark's
-own two threads included); 2.75 minutes in all (benchmarks/results/cpu_2core/
-episode_speed.json). Episodes/s, medians:
-
-| case | per-episode embed + classify: JAX | PyTorch | JAX/PyTorch | classify only, embedded once: JAX call (its compile incl.) | later batches | DC+IMP: JAX |
-|---|---|---|---|---|---|---|
-| ResNet-12 84x84x3 | 0.768 | 0.566 | 1.36 | 13,926 | 13,915 | 0.519 (1.92 s/episode) |
-| Conv-4 (pool_blocks=2) 28x28x1 | 104 | 92 | 1.13 | 120,649 | 122,523 | 14.2 (0.07 s/episode) |
-
-jemalloc helps PyTorch's per-episode forward more than JAX's: with the system allocator the
-run before gave 0.718 / 0.357 (2.01x) and 117 / 50.2 (2.33x). With XLA's own convolutions
-(before onednn_conv.py, system allocator): 0.416 / 0.348 (1.19x) and 113 / 40.1 (2.83x);
-DC+IMP 5.25 s and 0.08 s per episode, and 44.5 s and 0.41 s before the implants' training
-steps ran on a cached frozen branch and, on CPU, unrolled.
-
-What this shows: the forward pass is everything. Embedding an episode's 100 images costs 1.3 s
-(ResNet-12) and 10 ms (Conv-4) in JAX, while classifying an episode from precomputed features
-costs 0.07 ms and 0.008 ms; embedding the test set once, as `evaluate` does, is what makes
-10,000 episodes take seconds (the 400-image pool: 58.2 images/s for ResNet-12 at embed_batch
-256, 7,170 for Conv-4). Implanting trains 50 steps per episode: 10,000 ResNet-12 episodes take
-about 5 hours on this CPU (the paper's setting is a GPU run).
-
-Same weights in both frameworks: pooled features agree to 6e-7 (max relative difference);
-per-episode accuracies agree except in a few episodes (30 of 1,000 for Conv-4), by one query
-of 75 (the run prints the largest difference): random networks give nearly collinear features,
-and in the differing episodes examined the query's two best cosines were ~1e-7 apart, a tie
-that float rounding breaks either way.
+Results: docs/performance.md.
 """
 
 import argparse
@@ -227,7 +196,7 @@ def jax_implanting(case: Case, config, model, state, pool: np.ndarray, labels: n
     import jax  # pylint: disable=import-outside-toplevel
     from fsl.implanting import (  # pylint: disable=import-outside-toplevel
         ImplantConfig, implant_episode_accuracies, implanted_encoder)
-    from groundwork import training  # pylint: disable=import-outside-toplevel
+    from groundwork import backend, training  # pylint: disable=import-outside-toplevel
     from groundwork.data import (  # pylint: disable=import-outside-toplevel
         augment, augment_spec_for, make_episodes)
 
@@ -240,7 +209,7 @@ def jax_implanting(case: Case, config, model, state, pool: np.ndarray, labels: n
     implant_config = ImplantConfig(
         steps=steps or imp.implant.steps, learning_rate=imp.implant.learning_rate,
         optimizer=imp.implant.optimizer, scoring=imp.implant.scoring,
-        scale=float(state.params["classifier"]["scale"]))
+        scale=float(state.params["classifier"]["scale"]), unroll=backend.unroll_short_loops())
     spec = augment_spec_for(config.dataset, train=False)
     episodes = make_episodes(labels, imp.eval.n_way, K_SHOT, imp.eval.n_query, count, seed)
     clock = BatchClock()
@@ -430,10 +399,6 @@ def main() -> None:
 
     sys.path.insert(0, ROOT)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    # As the launch scripts do (groundwork/host_memory.py: jemalloc on CPU, a no-op when JAX
-    # computes on an accelerator); the PyTorch worker inherits it.
-    from groundwork import host_memory  # pylint: disable=import-outside-toplevel
-    host_memory.reexec_with_fast_allocator()
     if args.quick:
         cases, args.repeats = QUICK_CASES, 2
         args.classify_episodes = args.classify_episodes or 1000
@@ -447,7 +412,7 @@ def main() -> None:
     from train_speed import TorchWorker, torch_python  # pylint: disable=import-outside-toplevel
     worker = TorchWorker(torch_python(args.torch_python), "torch_episodes.py")
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__,
-                allocator=os.environ.get(host_memory.DONE, "system"),
+                allocator=os.path.basename(os.environ.get("LD_PRELOAD", "")) or "system",
                 jax_backend=jax.default_backend(), jax_device=str(jax.devices()[0].device_kind),
                 torch_device=args.torch_device, loadavg_start=os.getloadavg(),
                 repeats=args.repeats, quick=args.quick,

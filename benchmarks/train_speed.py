@@ -8,24 +8,23 @@ on the same uint8 inputs, timed in alternating repeats. Reports median images/s 
 ratio, and achieved GFLOP/s against the machine's peak, measured here as the best of a few
 4096^3 float32 matmuls in each framework. A step's FLOPs are its convolutions' and matrix
 products' forward, input-gradient and weight-gradient FLOPs, kernel taps on padding included
-as in the usual model figures (groundwork/encoders/flops.py); the JSON also records XLA's
-cost-analysis count of the forward pass, which leaves out padding taps.
-On CPU it first re-executes itself under the allocator the launch scripts use (jemalloc where
-installed, groundwork/host_memory.py), which the PyTorch worker inherits.
+as in the usual model figures (benchmarks/flops.py); the JSON also records XLA's
+cost-analysis count of the forward pass, which leaves out padding taps. On CPU run it under
+the allocator training uses (`make benchmark` preloads jemalloc); the PyTorch worker inherits it.
 
   pip install -r benchmarks/requirements-benchmark.txt   # or into a separate venv, then
-  python benchmarks/train_speed.py --torch-python=/path/to/venv/bin/python --out=DIR
+  make benchmark NAME=train_speed ARGS="--torch-python=/path/to/venv/bin/python --out=DIR"
   python benchmarks/train_speed.py --quick --out=/tmp/bench   # smoke check, ~1 minute
 
 On a GPU: `--device=gpu` leaves JAX on its default (CUDA) backend and runs the PyTorch side on
 cuda (channels-last, TF32 matmuls allowed as for cuDNN convolutions); `--dtype=bfloat16` sets the
 encoders' compute dtype in JAX and autocast in PyTorch. The peak is then the fp32 (TF32) matmul.
 
-  python benchmarks/train_speed.py --device=gpu --dtype=bfloat16 --jax-conv=auto,xla --out=DIR
+  python benchmarks/train_speed.py --device=gpu --dtype=bfloat16 --out=DIR
 
-`--jax-conv=auto,xla` also times the plain XLA convolution path (see
-groundwork/encoders/fast_conv.py) next to the default one. Writes DIR/train_speed.json and
-DIR/train_speed.png.
+`--jax-layers=auto,flax` also times the encoders' plain flax layers next to what
+`build_encoder` picks by default (on CPU with cpu_kernels/ installed: its oneDNN layers).
+Writes DIR/train_speed.json and DIR/train_speed.png. Results: docs/performance.md.
 """
 
 import argparse
@@ -86,7 +85,11 @@ def fsl_config():
     return module.get_config("dataset=miniimagenet")
 
 
-def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dtype: str):
+# Which encoder layers a run times: build_encoder's own choice, the CPU kernels, plain flax.
+LAYERS = {"auto": None, "kernels": True, "flax": False}
+
+
+def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, layers: str, dtype: str):
     """Timer of the jitted real train step; FLOPs per image (forward, step, XLA's forward)."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -95,15 +98,20 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dty
     from fsl import train as fsl_train  # pylint: disable=import-outside-toplevel
     from groundwork import training  # pylint: disable=import-outside-toplevel
     from groundwork.data import AugmentSpec  # pylint: disable=import-outside-toplevel
-    from groundwork.encoders import flops as flops_lib  # pylint: disable=import-outside-toplevel
+    import flops as flops_lib  # pylint: disable=import-outside-toplevel
 
-    os.environ["GROUNDWORK_CONV"] = conv  # Read when the step is traced, just below.
-    config = fsl_config()
-    config.encoder, config.head = case.encoder, case.head
-    config.encoder_kwargs = ml_collections.ConfigDict(dict(case.encoder_kwargs))
-    if dtype != "float32":
-        config.encoder_kwargs.dtype = jnp.dtype(dtype)
-    model = fsl_train.build_model(config, case.num_classes)
+    def model_with(cpu_kernels):
+        config = fsl_config()
+        config.encoder, config.head = case.encoder, case.head
+        config.encoder_kwargs = ml_collections.ConfigDict(
+            dict(case.encoder_kwargs, cpu_kernels=cpu_kernels))
+        if dtype != "float32":
+            config.encoder_kwargs.dtype = jnp.dtype(dtype)
+        return config, fsl_train.build_model(config, case.num_classes)
+
+    config, model = model_with(LAYERS[layers])
+    # FLOPs are counted on plain flax layers: the kernels' FFI calls carry no shapes to read.
+    _, flax_model = model_with(False)
     tx, _ = training.make_optimizer(config.optim, 1000)  # lr schedule: irrelevant here
     state = fsl_train.create_state(config, model, images.shape[1:], tx)
     mean, std = MEAN_STD[case.channels]
@@ -120,15 +128,14 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, conv: str, dty
         (state.params, jnp.zeros((1, *images.shape[1:]), jnp.float32)), jax.devices("cpu")[0])
 
     def forward(params, im):
-        return model.apply({"params": params, "batch_stats": state.batch_stats}, im, train=False)
+        return flax_model.apply({"params": params, "batch_stats": state.batch_stats}, im,
+                                train=False)
 
     flops = dict(zip(("forward", "step"), flops_lib.training_step_flops(forward, *forward_args)))
     # XLA's own count, kept for comparison with earlier runs, leaves out the kernel taps on
-    # padding (see groundwork/encoders/flops.py). It is read on the plain XLA path, compiled
-    # for the CPU: FFI calls and a GPU's library calls are not counted.
-    os.environ["GROUNDWORK_CONV"] = "xla"
+    # padding (see benchmarks/flops.py). It is read on plain flax layers compiled for the CPU:
+    # FFI calls and a GPU's library calls are not counted.
     cost = jax.jit(forward).lower(*forward_args).compile().cost_analysis()
-    os.environ["GROUNDWORK_CONV"] = conv
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops["xla_forward"] = float(cost["flops"])
     holder = {"state": state, "i": 0}
@@ -225,7 +232,7 @@ def warm_up(timer, min_seconds: float) -> int:
     return steps_for(fastest, min_seconds)
 
 
-def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], repeats: int,
+def bench_case(name: str, case: Case, worker: TorchWorker, layer_sets: list[str], repeats: int,
                min_seconds: float, workdir: str, device: str = "cpu",
                dtype: str = "float32", pause: float = 1.0) -> dict:
     rng = np.random.default_rng(0)
@@ -241,9 +248,9 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
         device="cuda" if device == "gpu" else "cpu", dtype=dtype))
 
     runners, flops, compile_s, params = {}, {}, {}, 0
-    for conv in convs:
-        runners[conv], flops, compile_s[conv], params = jax_setup(case, images, labels, conv,
-                                                                  dtype)
+    for layers in layer_sets:
+        runners[layers], flops, compile_s[layers], params = jax_setup(case, images, labels,
+                                                                      layers, dtype)
     timers = {f"jax_{c}": r for c, r in runners.items()}
     timers["torch"] = lambda n: worker.call(cmd="time", steps=n)["seconds"]
     steps = {key: warm_up(timer, min_seconds) for key, timer in timers.items()}
@@ -264,7 +271,7 @@ def bench_case(name: str, case: Case, worker: TorchWorker, convs: list[str], rep
                   xla_forward_gflop_per_image=flops["xla_forward"] / 1e9, compile_s=compile_s,
                   steps_per_repeat=steps, img_s=img_s, median_img_s=medians,
                   gflops={k: m * step_flops / 1e9 for k, m in medians.items()})
-    result["ratio"] = {f"jax_{c}": medians[f"jax_{c}"] / medians["torch"] for c in convs}
+    result["ratio"] = {f"jax_{c}": medians[f"jax_{c}"] / medians["torch"] for c in layer_sets}
     print(f"{name:<24}" + "  ".join(f"{k} {v:8.1f} img/s" for k, v in medians.items())
           + "  ratio " + " ".join(f"{v:.2f}" for v in result["ratio"].values()), flush=True)
     return result
@@ -324,9 +331,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=2.0,
                         help="each repeat runs enough steps to last at least this long")
-    parser.add_argument("--jax-conv", default="auto",
-                        help="comma-separated GROUNDWORK_CONV paths to time: "
-                             "auto, onednn, matmul, xla")
+    parser.add_argument("--jax-layers", default="auto",
+                        help="comma-separated encoder layers to time: auto (what build_encoder "
+                        "picks), kernels (cpu_kernels/), flax (plain flax)")
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch (default: $BENCH_TORCH_PYTHON, else this one)")
     parser.add_argument("--matmul-n", type=int, default=4096)
@@ -343,17 +350,16 @@ def main() -> None:
     args = parser.parse_args()
 
     sys.path.insert(0, ROOT)
-    from groundwork import host_memory  # pylint: disable=import-outside-toplevel
     if args.device == "cpu":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        # As the launch scripts do (groundwork/host_memory.py). The PyTorch worker inherits
-        # the setting, so both frameworks run under the same allocator policy.
-        host_memory.reexec_with_fast_allocator()
     if args.quick:
         cases, args.repeats, args.min_seconds, args.matmul_n = QUICK_CASES, 2, 0.2, 1024
     else:
         cases = select_cases(args.cases, CASES)
-    convs = args.jax_conv.split(",")
+    layer_sets = args.jax_layers.split(",")
+    unknown = [name for name in layer_sets if name not in LAYERS]
+    if unknown:
+        raise SystemExit(f"--jax-layers: unknown {unknown}; choose from {list(LAYERS)}")
     os.makedirs(args.out, exist_ok=True)
 
     import jax  # pylint: disable=import-outside-toplevel
@@ -363,9 +369,9 @@ def main() -> None:
     worker = TorchWorker(torch_python(args.torch_python))
     info = dict(platform=platform.platform(), cpus=os.cpu_count(), backend=jax.default_backend(),
                 jax=jax.__version__, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                allocator=os.environ.get(host_memory.DONE, "system"),
+                allocator=os.path.basename(os.environ.get("LD_PRELOAD", "")) or "system",
                 torch_threads=worker.call(cmd="matmul", n=64)["threads"],
-                loadavg_start=os.getloadavg(), repeats=args.repeats, jax_conv=convs,
+                loadavg_start=os.getloadavg(), repeats=args.repeats, jax_layers=layer_sets,
                 device=args.device, dtype=args.dtype,
                 accelerator=str(jax.devices()[0].device_kind))
     start = time.perf_counter()
@@ -376,7 +382,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         for name, case in cases.items():
-            r = bench_case(name, case, worker, convs, args.repeats, args.min_seconds, workdir,
+            r = bench_case(name, case, worker, layer_sets, args.repeats, args.min_seconds, workdir,
                            args.device, args.dtype, args.pause)
             r["percent_of_peak"] = {k: 100 * g / best_peak for k, g in r["gflops"].items()}
             results[name] = r
