@@ -11,6 +11,7 @@ seeded train/test split (the config's `seed`, as the trainer draws them):
 - the deep DLP run of configs/ssl/semi_supervised.py:dataset=digits, read from
   `--dlp_workdir`/results.json when given.
 """
+
 import json
 import os
 import time
@@ -42,33 +43,43 @@ def main(argv):
   y[labeled] = train.labels[labeled]
 
   start = time.perf_counter()
-  spreading = LabelSpreading(kernel='knn', n_neighbors=_K.value, alpha=_ALPHA.value,
-                             max_iter=1000).fit(x_train, y)
+  spreading = LabelSpreading(
+      kernel='knn', n_neighbors=_K.value, alpha=_ALPHA.value, max_iter=1000
+  ).fit(x_train, y)
   spreading_time = time.perf_counter() - start
   spreading_error = float(np.mean(spreading.predict(x_test) != test.labels))
 
   start = time.perf_counter()
-  result = label_propagation(x_train, y, y >= 0, train.num_classes, k=_K.value,
-                             alpha=_ALPHA.value)
+  result = label_propagation(x_train, y, y >= 0, train.num_classes, k=_K.value, alpha=_ALPHA.value)
   lp_time = time.perf_counter() - start
   pseudo = np.asarray(result.pseudo_labels)
   nearest = np.argmax(l2_normalize(x_test) @ l2_normalize(x_train).T, axis=1)
   lp_error = float(np.mean(pseudo[nearest] != test.labels))
   unlabeled = y < 0
   rows = {
-      'label_spreading': {'test_error': spreading_error, 'seconds': spreading_time,
-                          'transductive_accuracy': float(np.mean(
-                              spreading.transduction_[unlabeled] == train.labels[unlabeled]))},
-      'label_propagation_pixels': {'test_error': lp_error, 'seconds': lp_time,
-                                   'transductive_accuracy': float(np.mean(
-                                       pseudo[unlabeled] == train.labels[unlabeled]))},
+      'label_spreading': {
+          'test_error': spreading_error,
+          'seconds': spreading_time,
+          'transductive_accuracy': float(
+              np.mean(spreading.transduction_[unlabeled] == train.labels[unlabeled])
+          ),
+      },
+      'label_propagation_pixels': {
+          'test_error': lp_error,
+          'seconds': lp_time,
+          'transductive_accuracy': float(np.mean(pseudo[unlabeled] == train.labels[unlabeled])),
+      },
   }
   if _DLP_WORKDIR.value:
     dlp = json.load(open(os.path.join(_DLP_WORKDIR.value, 'results.json')))
-    rows['deep_label_propagation'] = {'test_error': dlp['test']['error'],
-                                      'transductive_accuracy': dlp['pseudo_label_accuracy']}
-  print(f'digits: {len(x_train)} train / {len(x_test)} test images, {_LABELS.value} labels, '
-        f'seed {_SEED.value}, k={_K.value}, alpha={_ALPHA.value}')
+    rows['deep_label_propagation'] = {
+        'test_error': dlp['test']['error'],
+        'transductive_accuracy': dlp['pseudo_label_accuracy'],
+    }
+  print(
+      f'digits: {len(x_train)} train / {len(x_test)} test images, {_LABELS.value} labels, '
+      f'seed {_SEED.value}, k={_K.value}, alpha={_ALPHA.value}'
+  )
   print(f'{"method":<28}{"test error %":>14}{"pseudo-label acc %":>20}')
   for name, row in rows.items():
     print(f'{name:<28}{100 * row["test_error"]:>14.2f}{100 * row["transductive_accuracy"]:>20.2f}')

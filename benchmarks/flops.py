@@ -27,10 +27,17 @@ from jax.extend import core as jax_core
 
 # Primitives whose sub-program takes the primitive's own operands in order, so that which
 # operands depend on the parameters carries over position by position.
-_CALLS = {'jit': 'jaxpr', 'pjit': 'jaxpr', 'closed_call': 'call_jaxpr',
-          'core_call': 'call_jaxpr', 'remat': 'jaxpr', 'checkpoint': 'jaxpr',
-          'custom_jvp_call': 'call_jaxpr', 'custom_vjp_call': 'call_jaxpr',
-          'custom_vjp_call_jaxpr': 'fun_jaxpr'}
+_CALLS = {
+    'jit': 'jaxpr',
+    'pjit': 'jaxpr',
+    'closed_call': 'call_jaxpr',
+    'core_call': 'call_jaxpr',
+    'remat': 'jaxpr',
+    'checkpoint': 'jaxpr',
+    'custom_jvp_call': 'call_jaxpr',
+    'custom_vjp_call': 'call_jaxpr',
+    'custom_vjp_call_jaxpr': 'fun_jaxpr',
+}
 
 
 def _conv_flops(eqn) -> int:
@@ -39,8 +46,10 @@ def _conv_flops(eqn) -> int:
   spec = eqn.params['dimension_numbers'].rhs_spec  # (out channels, in channels, *spatial)
   taps = int(np.prod([kernel[d] for d in spec[2:]]))
   if eqn.params.get('batch_group_count', 1) != 1:
-    raise ValueError("FLOP count: batch_group_count > 1 (a convolution's weight "
-                     'gradient) in a forward pass is not supported')
+    raise ValueError(
+        "FLOP count: batch_group_count > 1 (a convolution's weight "
+        'gradient) in a forward pass is not supported'
+    )
   return 2 * int(np.prod(out)) * taps * kernel[spec[1]]
 
 
@@ -71,22 +80,26 @@ def _count(jaxpr, depends: Sequence[bool]) -> tuple[int, int]:
       inner = inner.jaxpr if hasattr(inner, 'jaxpr') else inner
       inner_forward, inner_step = _count(inner, operands)
       forward, step = forward + inner_forward, step + inner_step
-    elif any(isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr))
-             for p in eqn.params.values()):
-      raise ValueError(f'FLOP count: primitive `{name}` holds a sub-program whose '
-                       'operands this count cannot follow (loops, conditionals); count '
-                       'a forward pass written without them (unrolled)')
+    elif any(isinstance(p, (jax_core.Jaxpr, jax_core.ClosedJaxpr)) for p in eqn.params.values()):
+      raise ValueError(
+          f'FLOP count: primitive `{name}` holds a sub-program whose '
+          'operands this count cannot follow (loops, conditionals); count '
+          'a forward pass written without them (unrolled)'
+      )
     elif name == 'ffi_call':
-      raise ValueError("FLOP count: an FFI call (a native kernel, such as the CPU kernels' "
-                       'convolutions) has no count; trace the model built with plain flax '
-                       'layers')
+      raise ValueError(
+          "FLOP count: an FFI call (a native kernel, such as the CPU kernels' "
+          'convolutions) has no count; trace the model built with plain flax '
+          'layers'
+      )
     if any(operands):
       dependent.update(eqn.outvars)
   return forward, step
 
 
-def training_step_flops(apply: Callable[[Any, Any], Any], params: Any,
-                        *inputs: Any) -> tuple[int, int]:
+def training_step_flops(
+    apply: Callable[[Any, Any], Any], params: Any, *inputs: Any
+) -> tuple[int, int]:
   """(forward FLOPs, training-step FLOPs) of `apply(params, *inputs)`.
 
   The step figure is the forward pass plus the input and weight gradients that back-propagation

@@ -22,6 +22,7 @@ each setting is recorded with the figures.
 
   python benchmarks/label_propagation.py --out /tmp/lp_benchmark.json --repeats 5 --graph coo
 """
+
 import argparse
 import json
 import os
@@ -58,8 +59,9 @@ def clustered_features(n, d, classes, noise, seed):
 def balanced_labeled(labels, num_labeled, classes, seed):
   rng = np.random.default_rng(seed + 1)
   per_class = min(num_labeled // classes, int(np.bincount(labels).min()))
-  picked = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
-            for c in range(classes)]
+  picked = [
+      rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(classes)
+  ]
   mask = np.zeros(labels.shape[0], bool)
   mask[np.concatenate(picked)] = True
   return mask
@@ -76,21 +78,23 @@ def reference_knn(features, k):
   return index.search(x, k + 1)
 
 
-def reference_graph_and_diffusion(sims, idx, labels, labeled_mask, classes, k, alpha=0.99,
-                                  max_iter=20):
+def reference_graph_and_diffusion(
+    sims, idx, labels, labeled_mask, classes, k, alpha=0.99, max_iter=20
+):
   n = idx.shape[0]
   labeled_idx = np.flatnonzero(labeled_mask)
   d = sims[:, 1:] ** 3
   i = idx[:, 1:]
   row_idx_rep = np.tile(np.arange(n), (k, 1)).T
-  w = scipy.sparse.csr_matrix((d.flatten('F'), (row_idx_rep.flatten('F'), i.flatten('F'))),
-                              shape=(n, n))
+  w = scipy.sparse.csr_matrix(
+      (d.flatten('F'), (row_idx_rep.flatten('F'), i.flatten('F'))), shape=(n, n)
+  )
   w = w + w.T
   # normalize_connection_graph
   w = scipy.sparse.csr_matrix(w)
   w = w - scipy.sparse.diags(w.diagonal())
   with np.errstate(divide='ignore', invalid='ignore'):
-    deg = np.array(1. / np.sqrt(w.sum(axis=1)))
+    deg = np.array(1.0 / np.sqrt(w.sum(axis=1)))
   deg[np.isnan(deg)] = 0
   deg[np.isinf(deg)] = 0
   d_mh = scipy.sparse.diags(deg.reshape(-1))
@@ -148,14 +152,19 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_engine,
   known, labeled = jnp.asarray(np.where(mask, labels, -1)), jnp.asarray(mask)
 
   start = time.perf_counter()
-  jax.block_until_ready(lp.label_propagation(on_device, known, labeled, classes, k=k,
-                                             knn_backend=knn_engine, graph_ops=ops))
+  jax.block_until_ready(
+      lp.label_propagation(
+          on_device, known, labeled, classes, k=k, knn_engine=knn_engine, graph_ops=ops
+      )
+  )
   first_call = time.perf_counter() - start
   # Each part alternates reference and ours, so load from elsewhere hits both alike.
   times = {key: [] for key in ('ref_knn', 'knn', 'ref_gd', 'gd')}
   for _ in range(repeats):
-    for key, fn in (('ref_knn', lambda: reference_knn(features, k)),
-                    ('knn', lambda: knn.knn_search(on_device, k, engine=knn_engine))):
+    for key, fn in (
+        ('ref_knn', lambda: reference_knn(features, k)),
+        ('knn', lambda: knn.knn_search(on_device, k, engine=knn_engine)),
+    ):
       time.sleep(pause)
       start = time.perf_counter()
       out = jax.block_until_ready(fn())
@@ -164,10 +173,13 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_engine,
         ref_sims, ref_idx = out
       else:
         sims, idx = out
-    for key, fn in (('ref_gd', lambda: reference_graph_and_diffusion(
-        ref_sims, ref_idx, labels, mask, classes, k)),
-                    ('gd', lambda: lp.propagate(sims, idx, known, labeled, classes,
-                                                graph_ops=ops))):
+    for key, fn in (
+        (
+            'ref_gd',
+            lambda: reference_graph_and_diffusion(ref_sims, ref_idx, labels, mask, classes, k),
+        ),
+        ('gd', lambda: lp.propagate(sims, idx, known, labeled, classes, graph_ops=ops)),
+    ):
       time.sleep(pause)
       start = time.perf_counter()
       out = jax.block_until_ready(fn())
@@ -190,28 +202,49 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_engine,
   pseudo = np.asarray(ours.pseudo_labels)
   truth = labels[unlabeled]
   return {
-      'n': n, 'k': k, 'd': d, 'classes': classes, 'labels': num_labeled, 'noise': noise,
+      'n': n,
+      'k': k,
+      'd': d,
+      'classes': classes,
+      'labels': num_labeled,
+      'noise': noise,
       'knn_engine': knn.resolve(knn_engine),
       'graph': 'coo' if ops is knn_graph.COO else ops.build.__module__,
-      'repeats': repeats, 'load_average_before': load_before,
-      'load_average_after': os.getloadavg(), 'all_times_s': times,
-      'reference_s': {'knn': best['ref_knn'], 'graph_diffusion': best['ref_gd'],
-                      'end_to_end': best['ref_knn'] + best['ref_gd']},
+      'repeats': repeats,
+      'load_average_before': load_before,
+      'load_average_after': os.getloadavg(),
+      'all_times_s': times,
+      'reference_s': {
+          'knn': best['ref_knn'],
+          'graph_diffusion': best['ref_gd'],
+          'end_to_end': best['ref_knn'] + best['ref_gd'],
+      },
       # End to end = best kNN + best graph/diffusion on both sides.
-      'ours_s': {'knn': best['knn'], 'graph_diffusion': best['gd'],
-                 'end_to_end': best['knn'] + best['gd'], 'graph_build': build_s,
-                 'one_matvec': matvec_s, 'first_call_with_compile': first_call},
-      'speedup': {'knn': best['ref_knn'] / best['knn'],
-                  'graph_diffusion': best['ref_gd'] / best['gd'],
-                  'end_to_end': (best['ref_knn'] + best['ref_gd']) / (best['knn'] + best['gd'])},
+      'ours_s': {
+          'knn': best['knn'],
+          'graph_diffusion': best['gd'],
+          'end_to_end': best['knn'] + best['gd'],
+          'graph_build': build_s,
+          'one_matvec': matvec_s,
+          'first_call_with_compile': first_call,
+      },
+      'speedup': {
+          'knn': best['ref_knn'] / best['knn'],
+          'graph_diffusion': best['ref_gd'] / best['gd'],
+          'end_to_end': (best['ref_knn'] + best['ref_gd']) / (best['knn'] + best['gd']),
+      },
       'pseudo_label_agreement': float(np.mean(pseudo == ref[0])),
-      'pseudo_label_accuracy': {'ours': float(np.mean(pseudo[unlabeled] == truth)),
-                                'reference': float(np.mean(ref[0][unlabeled] == truth))},
+      'pseudo_label_accuracy': {
+          'ours': float(np.mean(pseudo[unlabeled] == truth)),
+          'reference': float(np.mean(ref[0][unlabeled] == truth)),
+      },
       'max_abs_weight_difference': float(np.max(np.abs(np.asarray(ours.weights) - ref[1]))),
-      'max_rel_class_weight_difference': float(np.max(
-          np.abs(np.asarray(ours.class_weights) - ref[2]) / ref[2])),
-      'knn_agreement_vs_reference': float(np.mean(
-          np.sort(np.asarray(idx), axis=1) == np.sort(ref_idx[:, 1:], axis=1))),
+      'max_rel_class_weight_difference': float(
+          np.max(np.abs(np.asarray(ours.class_weights) - ref[2]) / ref[2])
+      ),
+      'knn_agreement_vs_reference': float(
+          np.mean(np.sort(np.asarray(idx), axis=1) == np.sort(ref_idx[:, 1:], axis=1))
+      ),
   }
 
 
@@ -220,45 +253,82 @@ def main(argv=None):
   parser.add_argument('--out', required=True, help='where to write the JSON of all figures')
   parser.add_argument('--n', type=int, default=50_000)
   parser.add_argument('--k', type=int, default=50)
-  parser.add_argument('--noise', type=float, default=4.0,
-                      help='noise norm relative to the unit class centres')
+  parser.add_argument(
+      '--noise', type=float, default=4.0, help='noise norm relative to the unit class centres'
+  )
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--knn-backend', default='auto', choices=knn.ENGINES)
-  parser.add_argument('--graph', default='auto', choices=knn_graph.KINDS,
-                      help="W's operator: 'coo' (pure JAX), 'rows' (the groundwork_cpu "
-                      "package's), 'auto' (rows where the package serves, else coo)")
+  parser.add_argument('--knn-engine', default='auto', choices=knn.ENGINES)
+  parser.add_argument(
+      '--graph',
+      default='auto',
+      choices=knn_graph.KINDS,
+      help="W's operator: 'coo' (pure JAX), 'rows' (the groundwork_cpu "
+      "package's), 'auto' (rows where the package serves, else coo)",
+  )
   parser.add_argument('--settings', default='0,1', help='indices into SETTINGS to run')
-  parser.add_argument('--pause', type=float, default=0.5,
-                      help='seconds of rest before each timed part, for the worker threads the '
-                      'other side left spinning to stop (numpy BLAS after the reference: '
-                      '+50 ms on our graph and diffusion without it)')
+  parser.add_argument(
+      '--pause',
+      type=float,
+      default=0.5,
+      help='seconds of rest before each timed part, for the worker threads the '
+      'other side left spinning to stop (numpy BLAS after the reference: '
+      '+50 ms on our graph and diffusion without it)',
+  )
   args = parser.parse_args(argv)
 
   results = []
   for i in (int(s) for s in args.settings.split(',')):
     s = SETTINGS[i]
-    r = run_setting(args.n, args.k, s['d'], s['classes'], s['labels'], args.noise, args.repeats,
-                    args.seed, args.knn_backend, args.graph, args.pause)
+    r = run_setting(
+        args.n,
+        args.k,
+        s['d'],
+        s['classes'],
+        s['labels'],
+        args.noise,
+        args.repeats,
+        args.seed,
+        args.knn_engine,
+        args.graph,
+        args.pause,
+    )
     results.append(r)
     ref, ours, up = r['reference_s'], r['ours_s'], r['speedup']
-    print(f"N={r['n']} d={r['d']} C={r['classes']} labels={r['labels']} "
-          f"(kNN engine {r['knn_engine']}, graph {r['graph']}, {jax.default_backend()}; "
-          f"load {r['load_average_before'][0]:.2f} -> {r['load_average_after'][0]:.2f})")
+    print(
+        f"N={r['n']} d={r['d']} C={r['classes']} labels={r['labels']} "
+        f"(kNN engine {r['knn_engine']}, graph {r['graph']}, {jax.default_backend()}; "
+        f"load {r['load_average_before'][0]:.2f} -> {r['load_average_after'][0]:.2f})"
+    )
     for part in ('knn', 'graph_diffusion', 'end_to_end'):
-      print(f'  {part:16s} reference {ref[part]:7.3f} s   ours {ours[part]:7.3f} s   '
-            f'x{up[part]:.2f}')
-    print(f"  graph build {1e3 * ours['graph_build']:.1f} ms, one W @ p "
-          f"{1e3 * ours['one_matvec']:.1f} ms; "
-          f"first call incl. compile {ours['first_call_with_compile']:.2f} s; "
-          f"pseudo-label agreement {r['pseudo_label_agreement']:.5f}; accuracy ours "
-          f"{r['pseudo_label_accuracy']['ours']:.4f} reference "
-          f"{r['pseudo_label_accuracy']['reference']:.4f}; max |weight diff| "
-          f"{r['max_abs_weight_difference']:.2e}", flush=True)
+      print(
+          f'  {part:16s} reference {ref[part]:7.3f} s   ours {ours[part]:7.3f} s   '
+          f'x{up[part]:.2f}'
+      )
+    print(
+        f"  graph build {1e3 * ours['graph_build']:.1f} ms, one W @ p "
+        f"{1e3 * ours['one_matvec']:.1f} ms; "
+        f"first call incl. compile {ours['first_call_with_compile']:.2f} s; "
+        f"pseudo-label agreement {r['pseudo_label_agreement']:.5f}; accuracy ours "
+        f"{r['pseudo_label_accuracy']['ours']:.4f} reference "
+        f"{r['pseudo_label_accuracy']['reference']:.4f}; max |weight diff| "
+        f"{r['max_abs_weight_difference']:.2e}",
+        flush=True,
+    )
   with open(args.out, 'w') as f:
-    json.dump({'machine': {'cpus': os.cpu_count(), 'jax_backend': jax.default_backend(),
-                           'jax': jax.__version__, 'faiss': faiss.__version__},
-               'results': results}, f, indent=1)
+    json.dump(
+        {
+            'machine': {
+                'cpus': os.cpu_count(),
+                'jax_backend': jax.default_backend(),
+                'jax': jax.__version__,
+                'faiss': faiss.__version__,
+            },
+            'results': results,
+        },
+        f,
+        indent=1,
+    )
   print(f'wrote {args.out}')
   return results
 

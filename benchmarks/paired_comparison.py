@@ -6,6 +6,7 @@ Both workdirs must have been evaluated with the same eval.seed, n_way and
 episode count (the default), so episode i is the same task for both; the
 difference of their accuracies is then averaged per episode, with its 95% CI.
 """
+
 import os
 import sys
 
@@ -23,8 +24,10 @@ def main(a: str, b: str) -> None:
     if x.shape != y.shape:
       raise ValueError(f'{name}: {len(x)} vs {len(y)} episodes; evaluate both on the same list.')
     diff, ci = mean_ci95(x - y)
-    print(f'{name:<14}{100 * x.mean():>9.2f}{100 * y.mean():>9.2f}'
-          f'{100 * diff:>+14.2f} ± {100 * ci:.2f}  {len(x)}')
+    print(
+        f'{name:<14}{100 * x.mean():>9.2f}{100 * y.mean():>9.2f}'
+        f'{100 * diff:>+14.2f} ± {100 * ci:.2f}  {len(x)}'
+    )
 
 
 if __name__ == '__main__':

@@ -47,18 +47,25 @@ def _fail(error_type, message: str):
 def _check_platform() -> None:
   # The kernels use x86 intrinsics (AVX-512/AVX2, picked at run time) and oneDNN's x86 wheel.
   if sys.platform != 'linux' or platform.machine() != 'x86_64':
-    _fail(PlatformError, f'builds on x86-64 Linux only, not {sys.platform}/{platform.machine()}; '
-          'on other machines use the project without it (the plain JAX paths).')
+    _fail(
+        PlatformError,
+        f'builds on x86-64 Linux only, not {sys.platform}/{platform.machine()}; '
+        'on other machines use the project without it (the plain JAX paths).',
+    )
 
 
 def _compiler() -> list[str]:
   """The C++ compiler command: $CXX, else g++, else c++."""
-  command = shlex.split(os.environ.get('CXX', '')) or [shutil.which('g++') or shutil.which('c++')
-                                                        or 'g++']
+  command = shlex.split(os.environ.get('CXX', '')) or [
+      shutil.which('g++') or shutil.which('c++') or 'g++'
+  ]
   if shutil.which(command[0]) is None:
-    _fail(PlatformError, f'no C++ compiler: {command[0]!r} is not an executable '
-          f'(CXX={os.environ.get("CXX", "<unset>")!r}); install g++ (apt-get install g++) or set '
-          'CXX to a C++17 compiler.')
+    _fail(
+        PlatformError,
+        f'no C++ compiler: {command[0]!r} is not an executable '
+        f'(CXX={os.environ.get("CXX", "<unset>")!r}); install g++ (apt-get install g++) or set '
+        'CXX to a C++17 compiler.',
+    )
   return command
 
 
@@ -68,9 +75,12 @@ def _jaxlib() -> tuple[str, str]:
     import jax  # pylint: disable=import-outside-toplevel
     import jaxlib  # pylint: disable=import-outside-toplevel
   except ImportError as error:
-    _fail(SetupError, f'needs jax and jaxlib installed first, since it compiles against their '
-          f'XLA FFI headers ({error}). Install jax, then `{INSTALL}` (no build isolation, so '
-          'that the build sees this environment).')
+    _fail(
+        SetupError,
+        f'needs jax and jaxlib installed first, since it compiles against their '
+        f'XLA FFI headers ({error}). Install jax, then `{INSTALL}` (no build isolation, so '
+        'that the build sees this environment).',
+    )
   return jaxlib.__version__, jax.ffi.include_dir()
 
 
@@ -82,10 +92,13 @@ def _onednn() -> tuple[Path, Path]:
     include, lib = root / 'include', root / 'lib'
     if (include / 'oneapi' / 'dnnl' / 'dnnl.hpp').exists() and any(lib.glob('libdnnl.so*')):
       return include, lib
-  _fail(SetupError, f'oneDNN headers/library not found under {", ".join(map(str, roots))} '
-        '(looked for include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so): '
-        '`pip install onednn-devel-cpu-gomp==2023.2.0`, or set ONEDNN_ROOT to a oneDNN 3.x '
-        'install.')
+  _fail(
+      SetupError,
+      f'oneDNN headers/library not found under {", ".join(map(str, roots))} '
+      '(looked for include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so): '
+      '`pip install onednn-devel-cpu-gomp==2023.2.0`, or set ONEDNN_ROOT to a oneDNN 3.x '
+      'install.',
+  )
 
 
 def _c_string(text: str) -> str:
@@ -121,34 +134,54 @@ class BuildLibraries(build_ext):
     link_flags = shlex.split(os.environ.get('LDFLAGS', ''))
     # Python's own CFLAGS (C-only warnings, -g) do not belong to these libraries: the
     # commands are set here in full.
-    executables = {'compiler': compiler, 'compiler_so': compiler, 'compiler_cxx': compiler,
-                   'linker_so': [*compiler, '-shared'], 'linker_exe': compiler}
+    executables = {
+        'compiler': compiler,
+        'compiler_so': compiler,
+        'compiler_cxx': compiler,
+        'linker_so': [*compiler, '-shared'],
+        'linker_exe': compiler,
+    }
     for name in ('compiler_so_cxx', 'linker_so_cxx'):  # newer setuptools compile C++ with these
       if name in self.compiler.executables:
         executables[name] = executables[name.removesuffix('_cxx')]
     self.compiler.set_executables(**executables)
     for ext in self.extensions:
       uses_onednn = LIBRARIES[ext.name.rsplit('.', 1)[1]][1]
-      built_with = f'jaxlib {jaxlib_version}' + (f', oneDNN in {onednn_lib}' if uses_onednn
-                                                 else '')
-      ext.define_macros += [('GROUNDWORK_CPU_JAXLIB', _c_string(jaxlib_version)),
-                            ('GROUNDWORK_CPU_COMPILER', _c_string(Path(compiler[0]).name)),
-                            ('GROUNDWORK_CPU_BUILT_WITH', _c_string(built_with))]
+      built_with = f'jaxlib {jaxlib_version}' + (f', oneDNN in {onednn_lib}' if uses_onednn else '')
+      ext.define_macros += [
+          ('GROUNDWORK_CPU_JAXLIB', _c_string(jaxlib_version)),
+          ('GROUNDWORK_CPU_COMPILER', _c_string(Path(compiler[0]).name)),
+          ('GROUNDWORK_CPU_BUILT_WITH', _c_string(built_with)),
+      ]
       # -isystem: the third-party headers' own -Wextra warnings (unused parameters, sign
       # comparisons in XLA's FFI headers) are theirs to fix, not ours.
-      ext.extra_compile_args = [*COMPILE_ARGS, '-isystem', ffi_include, '-isystem',
-                                str(onednn_include), *flags]
+      ext.extra_compile_args = [
+          *COMPILE_ARGS,
+          '-isystem',
+          ffi_include,
+          '-isystem',
+          str(onednn_include),
+          *flags,
+      ]
       ext.extra_link_args = ['-fopenmp', *link_flags]
       if uses_onednn:
         ext.extra_link_args += [f'-L{onednn_lib}', '-ldnnl', f'-Wl,-rpath,{onednn_lib}']
-    print(f'groundwork-cpu: building with {shlex.join(compiler)} against jaxlib '
-          f'{jaxlib_version} ({ffi_include}) and oneDNN ({onednn_lib})')
+    print(
+        f'groundwork-cpu: building with {shlex.join(compiler)} against jaxlib '
+        f'{jaxlib_version} ({ffi_include}) and oneDNN ({onednn_lib})'
+    )
     super().build_extensions()
 
 
 setup(
-    ext_modules=[Extension(f'groundwork_cpu.lib.{name}', sources=[f'{CSRC}/{source}'],
-                           depends=HEADERS, language='c++')
-                 for name, (source, _) in LIBRARIES.items()],
+    ext_modules=[
+        Extension(
+            f'groundwork_cpu.lib.{name}',
+            sources=[f'{CSRC}/{source}'],
+            depends=HEADERS,
+            language='c++',
+        )
+        for name, (source, _) in LIBRARIES.items()
+    ],
     cmdclass={'build_ext': BuildLibraries},
 )

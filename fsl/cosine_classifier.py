@@ -4,6 +4,7 @@ Features and class weights are L2-normalised, so a score is `scale * cos`;
 the scale is learned because cosines in [-1, 1] alone give too flat a softmax
 to train with cross-entropy (Lifchitz et al. 2019, Sec. 3; Gidaris & Komodakis 2018).
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,12 +27,14 @@ class CosineClassifier(nn.Module):
   Params: `weight` `[C, num_classes]` and the scalar `scale` (initialised at
   `scale_init`).
   """
+
   num_classes: int
   scale_init: float = 10.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    weight = self.param('weight', nn.initializers.lecun_normal(),
-                        (x.shape[-1], self.num_classes), jnp.float32)
+    weight = self.param(
+        'weight', nn.initializers.lecun_normal(), (x.shape[-1], self.num_classes), jnp.float32
+    )
     scale = self.param('scale', nn.initializers.constant(self.scale_init), (), jnp.float32)
     return scale * (l2_normalize(x) @ l2_normalize(weight, axis=0))

@@ -4,6 +4,7 @@
 classifies every spatial position of the final feature map, each position
 carrying its image's label (dense classification, Lifchitz et al. 2019, Sec. 3.2).
 """
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -11,8 +12,10 @@ import optax
 
 def _check_labels(logits: jax.Array, labels: jax.Array, name: str) -> None:
   if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-    raise ValueError(f'{name}: labels must have shape [{logits.shape[0]}] (one per image), '
-                     f'got {labels.shape} for logits {logits.shape}.')
+    raise ValueError(
+        f'{name}: labels must have shape [{logits.shape[0]}] (one per image), '
+        f'got {labels.shape} for logits {logits.shape}.'
+    )
 
 
 def gap_loss(logits_pooled: jax.Array, labels: jax.Array) -> jax.Array:
@@ -21,7 +24,8 @@ def gap_loss(logits_pooled: jax.Array, labels: jax.Array) -> jax.Array:
     raise ValueError(f'gap_loss: logits must be [B, K], got shape {logits_pooled.shape}.')
   _check_labels(logits_pooled, labels, 'gap_loss')
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits_pooled.astype(jnp.float32), labels).mean()
+      logits_pooled.astype(jnp.float32), labels
+  ).mean()
 
 
 def dense_loss(logits_map: jax.Array, labels: jax.Array) -> jax.Array:
@@ -40,4 +44,5 @@ def dense_loss(logits_map: jax.Array, labels: jax.Array) -> jax.Array:
   b, h, w, _ = logits_map.shape
   per_position = jnp.broadcast_to(labels[:, None, None], (b, h, w))
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits_map.astype(jnp.float32), per_position).mean()
+      logits_map.astype(jnp.float32), per_position
+  ).mean()

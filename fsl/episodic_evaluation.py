@@ -4,6 +4,7 @@ The dataset is embedded once; each episode then only gathers rows, imprints
 prototypes and scores its queries, so thousands of episodes run as a few
 jitted, vmapped batches on device.
 """
+
 import functools
 from typing import Callable, Protocol, Sequence
 
@@ -23,16 +24,18 @@ EpisodeBatchFn = Callable[..., jax.Array]
 
 class EpisodesLike(Protocol):
   """What `groundwork.data.make_episodes` returns: int32 arrays with a leading episode axis."""
-  support_idx: np.ndarray     # [E, n_way * k_shot] dataset indices, class-major
-  query_idx: np.ndarray       # [E, n_way * n_query]
+
+  support_idx: np.ndarray  # [E, n_way * k_shot] dataset indices, class-major
+  query_idx: np.ndarray  # [E, n_way * n_query]
   support_labels: np.ndarray  # [E, n_way * k_shot] episode labels 0..n_way-1
-  query_labels: np.ndarray    # [E, n_way * n_query]
+  query_labels: np.ndarray  # [E, n_way * n_query]
 
 
 class LakeRunLike(Protocol):
   """One of Lake's 20-way one-shot runs (`groundwork.data.LakeRun`)."""
+
   train_images: np.ndarray  # [20, H, W, C], one image per class
-  test_images: np.ndarray   # [20, H, W, C]
+  test_images: np.ndarray  # [20, H, W, C]
   test_targets: np.ndarray  # [20] index of the true training image
 
 
@@ -46,41 +49,66 @@ def episode_n_way(episodes: EpisodesLike) -> int:
   return int(np.max(episodes.support_labels)) + 1
 
 
-def run_episode_batches(batch_fn: EpisodeBatchFn, episodes: EpisodesLike, batch_size: int,
-                        progress: Progress | None = None) -> np.ndarray:
+def run_episode_batches(
+    batch_fn: EpisodeBatchFn,
+    episodes: EpisodesLike,
+    batch_size: int,
+    progress: Progress | None = None,
+) -> np.ndarray:
   """Applies `batch_fn` to consecutive batches of episodes; returns accuracies `[E]`.
 
   The last batch is padded with repeats of its first episode (results dropped),
   so every call has the same shapes and `batch_fn` compiles once.
   """
-  arrays = [np.asarray(a, np.int32) for a in (episodes.support_idx, episodes.query_idx,
-                                                episodes.support_labels, episodes.query_labels)]
+  arrays = [
+      np.asarray(a, np.int32)
+      for a in (
+          episodes.support_idx,
+          episodes.query_idx,
+          episodes.support_labels,
+          episodes.query_labels,
+      )
+  ]
   total = arrays[0].shape[0]
   if total == 0:
     raise ValueError('No episodes to evaluate: num_episodes must be at least 1.')
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size} must be at least 1.')
-  return map_in_batches(lambda ids: batch_fn(*(a[ids] for a in arrays), ids),
-                        np.arange(total, dtype=np.int32), batch_size, progress)
+  return map_in_batches(
+      lambda ids: batch_fn(*(a[ids] for a in arrays), ids),
+      np.arange(total, dtype=np.int32),
+      batch_size,
+      progress,
+  )
 
 
 def _check_indices(episodes: EpisodesLike, num_items: int, n_way: int) -> None:
   for name in ('support_idx', 'query_idx'):
     idx = np.asarray(getattr(episodes, name))
     if idx.size and (idx.min() < 0 or idx.max() >= num_items):
-      raise ValueError(f'episodes.{name} holds indices in [{idx.min()}, {idx.max()}] but the '
-                       f'features have {num_items} rows: build the episodes from the same dataset.')
+      raise ValueError(
+          f'episodes.{name} holds indices in [{idx.min()}, {idx.max()}] but the '
+          f'features have {num_items} rows: build the episodes from the same dataset.'
+      )
   for name in ('support_labels', 'query_labels'):
     labels = np.asarray(getattr(episodes, name))
     if labels.min() < 0 or labels.max() >= n_way:
-      raise ValueError(f'episodes.{name} must lie in 0..{n_way - 1} (n_way={n_way}), '
-                       f'got [{labels.min()}, {labels.max()}].')
+      raise ValueError(
+          f'episodes.{name} must lie in 0..{n_way - 1} (n_way={n_way}), '
+          f'got [{labels.min()}, {labels.max()}].'
+      )
 
 
-def episode_accuracies(features: jax.Array, episodes: EpisodesLike, *,
-                       maps: jax.Array | None = None, scoring: str = 'pooled',
-                       n_way: int | None = None, batch_size: int = 500,
-                       progress: Progress | None = None) -> np.ndarray:
+def episode_accuracies(
+    features: jax.Array,
+    episodes: EpisodesLike,
+    *,
+    maps: jax.Array | None = None,
+    scoring: str = 'pooled',
+    n_way: int | None = None,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+) -> np.ndarray:
   """Query accuracy of every episode with imprinted-prototype classification.
 
   Args:
@@ -107,9 +135,13 @@ def episode_accuracies(features: jax.Array, episodes: EpisodesLike, *,
   maps = jnp.asarray(maps) if scoring == 'dense' else None
   # The dataset arrays are arguments, not closed-over constants, so XLA never embeds them.
   return run_episode_batches(
-      lambda s, q, sl, ql, _: _episode_batch(features, maps, s, q, sl, ql, n_way=n_way,
-                                             scoring=scoring),
-      episodes, batch_size, progress)
+      lambda s, q, sl, ql, _: _episode_batch(
+          features, maps, s, q, sl, ql, n_way=n_way, scoring=scoring
+      ),
+      episodes,
+      batch_size,
+      progress,
+  )
 
 
 # One jitted function for every call (jit caches per shape and n_way/scoring), so
@@ -117,8 +149,7 @@ def episode_accuracies(features: jax.Array, episodes: EpisodesLike, *,
 @functools.partial(jax.jit, static_argnames=('n_way', 'scoring'))
 def _episode_batch(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):
   one = functools.partial(_episode_accuracy, n_way=n_way, scoring=scoring)
-  return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0))(features, maps, s_idx, q_idx, s_lab,
-                                                         q_lab)
+  return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0))(features, maps, s_idx, q_idx, s_lab, q_lab)
 
 
 def _episode_accuracy(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):
@@ -136,8 +167,9 @@ def summarize(accuracies: np.ndarray) -> dict:
   return {'accuracy': float(mean), 'ci95': float(ci95), 'episodes': int(len(accuracies))}
 
 
-def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], images: np.ndarray,
-                     batch_size: int) -> np.ndarray:
+def embed_in_batches(
+    embed_fn: Callable[[np.ndarray], jax.Array], images: np.ndarray, batch_size: int
+) -> np.ndarray:
   """`embed_fn` over `images` in fixed-size batches (last one padded); concatenated output.
 
   `embed_fn` maps a batch `[b, ...]` to an array `[b, ...]` (e.g. pooled features).
@@ -147,8 +179,9 @@ def embed_in_batches(embed_fn: Callable[[np.ndarray], jax.Array], images: np.nda
   return map_in_batches(embed_fn, images, batch_size)
 
 
-def lake_oneshot_error(embed_fn: Callable[[np.ndarray], jax.Array],
-                       runs: Sequence[LakeRunLike]) -> dict:
+def lake_oneshot_error(
+    embed_fn: Callable[[np.ndarray], jax.Array], runs: Sequence[LakeRunLike]
+) -> dict:
   """Lake et al.'s 20-way one-shot protocol: `{"error": wrong/items, "items": items}`.
 
   In each run every test image goes to the most cosine-similar of the 20 training
@@ -157,8 +190,10 @@ def lake_oneshot_error(embed_fn: Callable[[np.ndarray], jax.Array],
   to pooled features `[b, C]`.
   """
   if not runs:
-    raise ValueError("lake_oneshot_error: no runs given; load them with "
-                     "groundwork.data.load_lake_runs(data_dir).")
+    raise ValueError(
+        'lake_oneshot_error: no runs given; load them with '
+        'groundwork.data.load_lake_runs(data_dir).'
+    )
   wrong, items = 0, 0
   for run in runs:
     n_train = len(run.train_images)

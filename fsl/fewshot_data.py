@@ -3,6 +3,7 @@
 Base classes train the network with ordinary mini-batches; validation classes
 choose the kept checkpoint; novel classes are only ever seen in test episodes.
 """
+
 import dataclasses
 
 import ml_collections
@@ -42,15 +43,19 @@ def _omniglot(config: ml_collections.ConfigDict) -> FewShotData:
   base = gdata.load_omniglot(config.data_dir, (OMNIGLOT_BASE_ARCHIVE,), image_size=size)
   both = gdata.load_omniglot(config.data_dir, (OMNIGLOT_NOVEL_ARCHIVE,), image_size=size)
   base_alphabets = {gdata.omniglot_alphabet_of(c) for c in base.class_names}
-  novel = both.select_classes([c for c in both.class_names
-                               if gdata.omniglot_alphabet_of(c) not in base_alphabets])
+  novel = both.select_classes(
+      [c for c in both.class_names if gdata.omniglot_alphabet_of(c) not in base_alphabets]
+  )
   val = None
   if config.omniglot_val_alphabet:
     if config.omniglot_val_alphabet not in base_alphabets:
-      raise ValueError(f'config.omniglot_val_alphabet={config.omniglot_val_alphabet!r} is not '
-                       f'a base alphabet; choose one of {sorted(base_alphabets)} or "".')
-    in_val = [c for c in base.class_names
-              if gdata.omniglot_alphabet_of(c) == config.omniglot_val_alphabet]
+      raise ValueError(
+          f'config.omniglot_val_alphabet={config.omniglot_val_alphabet!r} is not '
+          f'a base alphabet; choose one of {sorted(base_alphabets)} or "".'
+      )
+    in_val = [
+        c for c in base.class_names if gdata.omniglot_alphabet_of(c) == config.omniglot_val_alphabet
+    ]
     val = base.select_classes(in_val)
     base = base.select_classes([c for c in base.class_names if c not in set(in_val)])
   lake = gdata.load_lake_runs(config.data_dir, image_size=size) if config.eval.lake else None
@@ -59,16 +64,22 @@ def _omniglot(config: ml_collections.ConfigDict) -> FewShotData:
 
 
 def _miniimagenet(config) -> FewShotData:
-  return FewShotData(base=gdata.load_miniimagenet(config.data_dir, 'train'),
-                     val=gdata.load_miniimagenet(config.data_dir, 'val'),
-                     novel=gdata.load_miniimagenet(config.data_dir, 'test'),
-                     novel_name='the 20 miniImageNet test classes')
+  return FewShotData(
+      base=gdata.load_miniimagenet(config.data_dir, 'train'),
+      val=gdata.load_miniimagenet(config.data_dir, 'val'),
+      novel=gdata.load_miniimagenet(config.data_dir, 'test'),
+      novel_name='the 20 miniImageNet test classes',
+  )
 
 
 def _cifar_fewshot(config) -> FewShotData:
   splits = gdata.load_cifar_fewshot(config.data_dir, config.dataset)
-  return FewShotData(base=splits['train'], val=splits['val'], novel=splits['test'],
-                     novel_name=f'the {config.dataset} test classes')
+  return FewShotData(
+      base=splits['train'],
+      val=splits['val'],
+      novel=splits['test'],
+      novel_name=f'the {config.dataset} test classes',
+  )
 
 
 def load(config: ml_collections.ConfigDict) -> FewShotData:
@@ -87,6 +98,7 @@ def load(config: ml_collections.ConfigDict) -> FewShotData:
 
 def _first_per_class(dataset: gdata.ImageDataset, count: int) -> gdata.ImageDataset:
   """Smoke runs: the first `count` images of every class."""
-  keep = np.concatenate([np.flatnonzero(dataset.labels == c)[:count]
-                         for c in range(dataset.num_classes)])
+  keep = np.concatenate(
+      [np.flatnonzero(dataset.labels == c)[:count] for c in range(dataset.num_classes)]
+  )
   return dataset.subset(np.sort(keep))

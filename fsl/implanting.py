@@ -28,6 +28,7 @@ Choices the paper leaves open, made here:
   are closed-over constants and the original BatchNorms always use their
   running statistics, so no masking optimizer is needed.
 """
+
 import dataclasses
 from typing import Any, Callable, Sequence
 
@@ -60,13 +61,19 @@ def _implant_momentum(base_trainable: bool) -> float:
 
 class ImplantedResNet12Block(ResNet12Block):
   """ResNet12Block (its own layers, same names) plus `implant_conv{i}`/`implant_bn{i}`."""
+
   implant_layers: tuple[str, ...] = ()
   implant_width: int = 0
   base_trainable: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, train: bool, originals: tuple[Array, ...] | None = None,
-               originals_only: bool = False):
+  def __call__(
+      self,
+      x: Array,
+      train: bool,
+      originals: tuple[Array, ...] | None = None,
+      originals_only: bool = False,
+  ):
     """The block's output; see `ImplantedEncoder.frozen_branch` for `originals`.
 
     `originals` = (input, output of layer 0, 1, 2) of the original channels,
@@ -82,30 +89,42 @@ class ImplantedResNet12Block(ResNet12Block):
     implant = None
     for i in range(3):
       if f'conv{i}' in self.implant_layers:
-        seen = originals[i] if implant is None else jnp.concatenate([originals[i], implant], axis=-1)
+        seen = (
+            originals[i] if implant is None else jnp.concatenate([originals[i], implant], axis=-1)
+        )
         z = self.make_conv(self.implant_width, 3, f'{IMPLANT_PREFIX}conv{i}')(seen)
-        implant = act(self.make_norm(train, f'{IMPLANT_PREFIX}bn{i}',
-                                     _implant_momentum(self.base_trainable))(z))
+        implant = act(
+            self.make_norm(train, f'{IMPLANT_PREFIX}bn{i}', _implant_momentum(self.base_trainable))(
+                z
+            )
+        )
     return self.finish(jnp.concatenate([originals[3], implant], axis=-1), base_train)
 
 
 class ImplantedConv4Block(Conv4Block):
   """Conv4Block (its own `conv`, `bn`) plus `implant_conv`/`implant_bn` implants."""
+
   implant_layers: tuple[str, ...] = ()
   implant_width: int = 0
   base_trainable: bool = False
 
   @nn.compact
-  def __call__(self, x: Array, train: bool, originals: tuple[Array, ...] | None = None,
-               originals_only: bool = False):
+  def __call__(
+      self,
+      x: Array,
+      train: bool,
+      originals: tuple[Array, ...] | None = None,
+      originals_only: bool = False,
+  ):
     """As `ImplantedResNet12Block`; `originals` = (input, output of the original conv)."""
     if originals is None:
       originals = self.layer_outputs(x, train and self.base_trainable)
       if originals_only:
         return originals
     z = self.make_conv(self.implant_width, f'{IMPLANT_PREFIX}conv')(originals[0])
-    implant = activation_fn(self.activation)(self.make_norm(
-        train, f'{IMPLANT_PREFIX}bn', _implant_momentum(self.base_trainable))(z))
+    implant = activation_fn(self.activation)(
+        self.make_norm(train, f'{IMPLANT_PREFIX}bn', _implant_momentum(self.base_trainable))(z)
+    )
     return self.finish(jnp.concatenate([originals[1], implant], axis=-1))
 
 
@@ -122,6 +141,7 @@ class ImplantedEncoder(nn.Module):
   implant BatchNorms; with `base_trainable=True` (the DC+WIDE control) the
   whole network trains like an ordinary encoder.
   """
+
   arch: str  # a key of IMPLANTABLE_LAYERS
   widths: tuple[int, ...]  # the four block widths
   implant_layers: tuple[str, ...]
@@ -139,19 +159,26 @@ class ImplantedEncoder(nn.Module):
 
   def setup(self):
     check_implant_layers(self.arch, self.implant_layers, self.implant_width)
-    layers = dict(activation=self.activation, dtype=self.dtype, conv=self.conv, norm=self.norm,
-                  pool=self.pool)
-    implants = dict(implant_layers=self.implant_layers, implant_width=self.implant_width,
-                    base_trainable=self.base_trainable)
+    layers = dict(
+        activation=self.activation, dtype=self.dtype, conv=self.conv, norm=self.norm, pool=self.pool
+    )
+    implants = dict(
+        implant_layers=self.implant_layers,
+        implant_width=self.implant_width,
+        base_trainable=self.base_trainable,
+    )
     if self.arch == 'resnet12':
       plain, implanted = ResNet12Block, ImplantedResNet12Block
-      per_block = [dict(drop_rate=self.drop_rate if i >= 2 else 0.0,
-                        dropblock_size=self.dropblock_size) for i in range(4)]
+      per_block = [
+          dict(drop_rate=self.drop_rate if i >= 2 else 0.0, dropblock_size=self.dropblock_size)
+          for i in range(4)
+      ]
     else:
       plain, implanted = Conv4Block, ImplantedConv4Block
       per_block = [dict(downsample=i < self.pool_blocks) for i in range(4)]
     self.block0, self.block1, self.block2 = (
-        plain(self.widths[i], **layers, **per_block[i]) for i in range(3))
+        plain(self.widths[i], **layers, **per_block[i]) for i in range(3)
+    )
     self.block3 = implanted(self.widths[3], **layers, **per_block[3], **implants)
 
   def prefix(self, x: Array, train: bool = False) -> Array:
@@ -176,8 +203,10 @@ class ImplantedEncoder(nn.Module):
     (the original filters are ~97% of the last block's work).
     """
     if self.base_trainable:
-      raise ValueError('frozen_branch needs a frozen base (base_trainable=False); the DC+WIDE '
-                       'control trains the original filters too.')
+      raise ValueError(
+          'frozen_branch needs a frozen base (base_trainable=False); the DC+WIDE '
+          'control trains the original filters too.'
+      )
     return self.block3(self.prefix(x), False, originals_only=True)
 
   def implant_branch(self, originals: tuple[Array, ...], train: bool) -> tuple[Array, Array]:
@@ -193,12 +222,16 @@ def check_implant_layers(arch: str, layers: Sequence[str], width: int) -> None:
   allowed = IMPLANTABLE_LAYERS[arch]
   for layer in layers:
     if layer not in allowed:
-      raise ValueError(f'Implant layer {layer!r} does not exist in the last {arch} block; '
-                       f'choose among {list(allowed)}.')
+      raise ValueError(
+          f'Implant layer {layer!r} does not exist in the last {arch} block; '
+          f'choose among {list(allowed)}.'
+      )
   suffixes = [allowed[i:] for i in range(len(allowed))]
   if tuple(layers) not in suffixes:
-    raise ValueError(f'Implant layers {tuple(layers)} must be the last layers of the {arch} block '
-                     f'in order (each implant feeds the next), one of {suffixes}.')
+    raise ValueError(
+        f'Implant layers {tuple(layers)} must be the last layers of the {arch} block '
+        f'in order (each implant feeds the next), one of {suffixes}.'
+    )
   if width < 1:
     raise ValueError(f'Implant width {width} must be at least 1 channel per layer.')
 
@@ -206,14 +239,27 @@ def check_implant_layers(arch: str, layers: Sequence[str], width: int) -> None:
 def _base_fields(base: nn.Module) -> dict:
   layers = dict(conv=base.conv, norm=base.norm, pool=base.pool)
   if isinstance(base, ResNet12):
-    return dict(arch='resnet12', widths=tuple(base.widths), activation=base.activation,
-                drop_rate=base.drop_rate if base.dropblock else 0.0,
-                dropblock_size=base.dropblock_size, dtype=base.dtype, **layers)
+    return dict(
+        arch='resnet12',
+        widths=tuple(base.widths),
+        activation=base.activation,
+        drop_rate=base.drop_rate if base.dropblock else 0.0,
+        dropblock_size=base.dropblock_size,
+        dtype=base.dtype,
+        **layers,
+    )
   if isinstance(base, Conv4):
-    return dict(arch='conv4', widths=(base.width,) * 4, activation=base.activation,
-                dtype=base.dtype, pool_blocks=base.pool_blocks, **layers)
-  raise ValueError(f'Implanting supports encoders {sorted(IMPLANTABLE_LAYERS)}; '
-                   f'got {type(base).__name__}.')
+    return dict(
+        arch='conv4',
+        widths=(base.width,) * 4,
+        activation=base.activation,
+        dtype=base.dtype,
+        pool_blocks=base.pool_blocks,
+        **layers,
+    )
+  raise ValueError(
+      f'Implanting supports encoders {sorted(IMPLANTABLE_LAYERS)}; ' f'got {type(base).__name__}.'
+  )
 
 
 def implanted_encoder(base: nn.Module, layers: Sequence[str], width: int) -> ImplantedEncoder:
@@ -235,11 +281,13 @@ def wide_control_encoder(base: nn.Module, layers: Sequence[str], width: int) -> 
   """
   fields = _base_fields(base)
   check_implant_layers(fields['arch'], layers, width)
-  return ImplantedEncoder(implant_layers=tuple(layers), implant_width=width,
-                          base_trainable=True, **fields)
+  return ImplantedEncoder(
+      implant_layers=tuple(layers), implant_width=width, base_trainable=True, **fields
+  )
 
 
 # ----------------------------------------------------------------- variables
+
 
 def _is_implant(path: tuple[str, ...]) -> bool:
   return any(str(k).startswith(IMPLANT_PREFIX) for k in path)
@@ -268,6 +316,7 @@ def init_implants(model: ImplantedEncoder, key: Array, sample_x: Array) -> Varia
 
 # ------------------------------------------------------ per-episode training
 
+
 @dataclasses.dataclass(frozen=True)
 class ImplantConfig:
   """How implants are trained on one episode's support set.
@@ -277,10 +326,11 @@ class ImplantConfig:
   scoring: 'pooled' (the paper's rule) or 'dense' for the final query scores.
   unroll: unroll the `steps` training steps in the compiled program instead of
     looping; the same numbers, compiled differently. Set it from
-    `groundwork.backend.unroll_short_loops()` (XLA's CPU backend runs these
-    convolutions ~20x slower inside a loop: ResNet-12 implants, 0.8 s against
-    37 ms a step; accelerators keep the loop, which compiles faster).
+    `groundwork.backend.unroll_short_loops()`: XLA's CPU backend runs these
+    convolutions far slower inside a loop (docs/performance.md); accelerators
+    keep the loop, which compiles faster.
   """
+
   steps: int = 50
   learning_rate: float = 1e-3
   optimizer: str = 'adam'  # one of OPTIMIZERS; 'sgd' uses momentum 0.9
@@ -294,8 +344,9 @@ class ImplantConfig:
     if self.scoring not in SCORINGS:
       raise ValueError(f'implant scoring={self.scoring!r} is not one of {list(SCORINGS)}.')
     if self.steps < 1 or self.learning_rate <= 0:
-      raise ValueError(f'implant steps={self.steps} must be >= 1 and '
-                       f'learning_rate={self.learning_rate} > 0.')
+      raise ValueError(
+          f'implant steps={self.steps} must be >= 1 and ' f'learning_rate={self.learning_rate} > 0.'
+      )
 
 
 def _optimizer(config: ImplantConfig) -> optax.GradientTransformation:
@@ -307,9 +358,16 @@ def _optimizer(config: ImplantConfig) -> optax.GradientTransformation:
 AugmentFn = Callable[[Array, Array], Array]
 
 
-def train_implants(model: ImplantedEncoder, frozen: Variables, support_x: Array,
-                   support_labels: Array, key: Array, config: ImplantConfig, n_way: int,
-                   augment_fn: AugmentFn | None = None) -> tuple[Variables, Array]:
+def train_implants(
+    model: ImplantedEncoder,
+    frozen: Variables,
+    support_x: Array,
+    support_labels: Array,
+    key: Array,
+    config: ImplantConfig,
+    n_way: int,
+    augment_fn: AugmentFn | None = None,
+) -> tuple[Variables, Array]:
   """Fresh implants trained on one support set; returns (all variables, loss per step).
 
   Args:
@@ -333,9 +391,9 @@ def train_implants(model: ImplantedEncoder, frozen: Variables, support_x: Array,
 
   def loss_fn(params, stats, originals):
     variables = merge_implants(frozen, {'params': params, 'batch_stats': stats})
-    (fmap, pooled), updated = model.apply(variables, originals, True,
-                                          method=ImplantedEncoder.implant_branch,
-                                          mutable=['batch_stats'])
+    (fmap, pooled), updated = model.apply(
+        variables, originals, True, method=ImplantedEncoder.implant_branch, mutable=['batch_stats']
+    )
     prototypes = jax.lax.stop_gradient(imprint_prototypes(pooled, support_labels, n_way))
     logits = config.scale * classify_by_prototypes(fmap, prototypes)
     return dense_loss(logits, support_labels), split_implants(updated)[1]['batch_stats']
@@ -345,26 +403,39 @@ def train_implants(model: ImplantedEncoder, frozen: Variables, support_x: Array,
 
   def step(carry, i):
     params, stats, opt_state = carry
-    originals = fixed if augment_fn is None else frozen_branch(
-        augment_fn(jax.random.fold_in(augment_key, i), support_x))
+    originals = (
+        fixed
+        if augment_fn is None
+        else frozen_branch(augment_fn(jax.random.fold_in(augment_key, i), support_x))
+    )
     (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, originals)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), stats, opt_state), loss
 
   carry = (implants['params'], implants['batch_stats'], tx.init(implants['params']))
-  (params, stats, _), losses = jax.lax.scan(step, carry, jnp.arange(config.steps),
-                                            unroll=config.unroll)
+  (params, stats, _), losses = jax.lax.scan(
+      step, carry, jnp.arange(config.steps), unroll=config.unroll
+  )
   # Support statistics of the final implants, used for support and queries alike.
   _, stats = loss_fn(params, stats, frozen_branch(support_x) if fixed is None else fixed)
   return merge_implants(frozen, {'params': params, 'batch_stats': stats}), losses
 
 
-def implant_episode(model: ImplantedEncoder, frozen: Variables, support_x: Array,
-                    support_labels: Array, query_x: Array, key: Array, config: ImplantConfig,
-                    n_way: int, augment_fn: AugmentFn | None = None) -> Array:
+def implant_episode(
+    model: ImplantedEncoder,
+    frozen: Variables,
+    support_x: Array,
+    support_labels: Array,
+    query_x: Array,
+    key: Array,
+    config: ImplantConfig,
+    n_way: int,
+    augment_fn: AugmentFn | None = None,
+) -> Array:
   """Query scores `[Q, n_way]` after training implants on the support (see `train_implants`)."""
-  variables, _ = train_implants(model, frozen, support_x, support_labels, key, config, n_way,
-                                augment_fn)
+  variables, _ = train_implants(
+      model, frozen, support_x, support_labels, key, config, n_way, augment_fn
+  )
   _, support_pooled = model.apply(variables, support_x, False)
   query_map, query_pooled = model.apply(variables, query_x, False)
   prototypes = imprint_prototypes(support_pooled, support_labels, n_way)
@@ -373,11 +444,19 @@ def implant_episode(model: ImplantedEncoder, frozen: Variables, support_x: Array
   return classify_by_prototypes(query_pooled, prototypes)
 
 
-def implant_episode_accuracies(model: ImplantedEncoder, frozen: Variables, images: Array,
-                               episodes: EpisodesLike, key: Array, config: ImplantConfig, *,
-                               input_fn: Callable[[Array], Array] | None = None,
-                               augment_fn: AugmentFn | None = None, batch_size: int = 16,
-                               progress: Progress | None = None) -> np.ndarray:
+def implant_episode_accuracies(
+    model: ImplantedEncoder,
+    frozen: Variables,
+    images: Array,
+    episodes: EpisodesLike,
+    key: Array,
+    config: ImplantConfig,
+    *,
+    input_fn: Callable[[Array], Array] | None = None,
+    augment_fn: AugmentFn | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> np.ndarray:
   """Per-episode query accuracies `[E]` with implants, `batch_size` episodes per vmapped call.
 
   Args:
@@ -391,11 +470,21 @@ def implant_episode_accuracies(model: ImplantedEncoder, frozen: Variables, image
   input_fn = input_fn or (lambda x: x)
 
   def one_episode(frozen, images, s_idx, q_idx, s_lab, q_lab, episode_id):
-    scores = implant_episode(model, frozen, input_fn(images[s_idx]), s_lab, input_fn(images[q_idx]),
-                             jax.random.fold_in(key, episode_id), config, n_way, augment_fn)
+    scores = implant_episode(
+        model,
+        frozen,
+        input_fn(images[s_idx]),
+        s_lab,
+        input_fn(images[q_idx]),
+        jax.random.fold_in(key, episode_id),
+        config,
+        n_way,
+        augment_fn,
+    )
     return jnp.mean(jnp.argmax(scores, axis=-1) == q_lab)
 
   # Variables and images are arguments, not closed-over constants, so XLA never embeds them.
   batch = jax.jit(jax.vmap(one_episode, in_axes=(None, None, 0, 0, 0, 0, 0)))
-  return run_episode_batches(lambda *episode_arrays: batch(frozen, images, *episode_arrays),
-                             episodes, batch_size, progress)
+  return run_episode_batches(
+      lambda *episode_arrays: batch(frozen, images, *episode_arrays), episodes, batch_size, progress
+  )

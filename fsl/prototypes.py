@@ -5,24 +5,28 @@ a class (weight imprinting, Qi et al. 2018), so a 1-shot prototype is the
 support feature's direction. The pooled scoring is the paper's test-time rule;
 `dense_scores` is the optional variant that scores every query position.
 """
+
 import jax
 import jax.numpy as jnp
 
 from fsl.cosine_classifier import l2_normalize
 
 
-def imprint_prototypes(support_features: jax.Array, support_labels: jax.Array,
-                       n_way: int) -> jax.Array:
+def imprint_prototypes(
+    support_features: jax.Array, support_labels: jax.Array, n_way: int
+) -> jax.Array:
   """Prototypes `[n_way, C]` from support features `[S, C]` and labels `[S]` in 0..n_way-1.
 
   `n_way` is static (a Python int) so this jits and vmaps over episodes.
   A class with no support example gets a zero prototype (cosine 0 to everything).
   """
   if support_features.ndim != 2 or support_labels.shape != support_features.shape[:1]:
-    raise ValueError(f'imprint_prototypes: want features [S, C] and labels [S], got '
-                     f'{support_features.shape} and {support_labels.shape}.')
+    raise ValueError(
+        f'imprint_prototypes: want features [S, C] and labels [S], got '
+        f'{support_features.shape} and {support_labels.shape}.'
+    )
   one_hot = jax.nn.one_hot(support_labels, n_way, dtype=jnp.float32)  # [S, n_way]
-  sums = one_hot.T @ l2_normalize(support_features)                    # [n_way, C]
+  sums = one_hot.T @ l2_normalize(support_features)  # [n_way, C]
   counts = jnp.maximum(one_hot.sum(axis=0), 1.0)[:, None]
   return l2_normalize(sums / counts)
 

@@ -4,6 +4,7 @@ Lifchitz et al., "Dense Classification and Implanting for Few-Shot Learning",
 CVPR 2019. Reads top to bottom: data, model, train step, checkpoints, the
 training loop, then novel-class evaluation written to results.json.
 """
+
 import functools
 import os
 
@@ -16,8 +17,13 @@ import numpy as np
 from fsl import fewshot_data
 from fsl.cosine_classifier import CosineClassifier
 from fsl.dense_loss import dense_loss, gap_loss
-from fsl.episodic_evaluation import (embed_in_batches, episode_accuracies, lake_oneshot_error,
-                                     print_progress, summarize)
+from fsl.episodic_evaluation import (
+    embed_in_batches,
+    episode_accuracies,
+    lake_oneshot_error,
+    print_progress,
+    summarize,
+)
 from fsl.implanting import wide_control_encoder
 from groundwork import training
 from groundwork.data import AugmentSpec, augment, augment_batch, augment_spec_for, make_episodes
@@ -42,7 +48,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if value < 1:
       raise ValueError(f'config.{field}={value} must be at least 1.')
   if any(k < 1 for k in config.eval.shots):
-    raise ValueError(f'config.eval.shots={tuple(config.eval.shots)}: every shot count must be >= 1.')
+    raise ValueError(
+        f'config.eval.shots={tuple(config.eval.shots)}: every shot count must be >= 1.'
+    )
   fewshot_data.check_dataset_name(config.dataset)
 
 
@@ -51,6 +59,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # ----------------------------------------------------------------------------
 class FewShotNet(nn.Module):
   """Encoder + cosine classifier; returns (logits, {'feature_map', 'pooled'})."""
+
   encoder: nn.Module
   num_classes: int
   head: str = 'dc'
@@ -75,25 +84,42 @@ def build_model(config, num_classes: int) -> FewShotNet:
 
 def create_state(config, model, image_shape, tx) -> training.TrainState:
   key = training.seed_key(config.seed)
-  variables = jax.jit(lambda k: model.init({'params': k, 'dropout': k},
-                                           jnp.zeros((1, *image_shape), jnp.float32), train=False)
-                      )(key)
-  return training.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                    batch_stats=variables.get('batch_stats', {}), tx=tx)
+  variables = jax.jit(
+      lambda k: model.init(
+          {'params': k, 'dropout': k}, jnp.zeros((1, *image_shape), jnp.float32), train=False
+      )
+  )(key)
+  return training.TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      tx=tx,
+  )
 
 
 # ----------------------------------------------------------------------------
 # Train step: pure, jitted once, batch sharded over the data mesh.
 # ----------------------------------------------------------------------------
-def train_step(state: training.TrainState, images: jax.Array, labels: jax.Array,
-               rng: jax.Array, *, head: str, augment_spec) -> tuple[training.TrainState, dict]:
+def train_step(
+    state: training.TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    rng: jax.Array,
+    *,
+    head: str,
+    augment_spec,
+) -> tuple[training.TrainState, dict]:
   augment_key, dropout_key = jax.random.split(rng)
   inputs = augment_batch(augment_key, images, augment_spec)
 
   def loss_fn(params):
     (logits, _), updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_key})
+        {'params': params, 'batch_stats': state.batch_stats},
+        inputs,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': dropout_key},
+    )
     loss = dense_loss(logits, labels) if head == 'dc' else gap_loss(logits, labels)
     pooled_logits = logits.mean(axis=(1, 2)) if head == 'dc' else logits
     accuracy = jnp.mean(jnp.argmax(pooled_logits, -1) == labels)
@@ -115,17 +141,27 @@ def embed_fn(state: training.TrainState, config):
   @jax.jit
   def embed(images):
     inputs = augment.normalize(images, spec.mean, spec.std)
-    _, out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                            inputs, train=False)
+    _, out = state.apply_fn(
+        {'params': state.params, 'batch_stats': state.batch_stats}, inputs, train=False
+    )
     return out['pooled'], out['feature_map']
+
   return embed
 
 
 # ----------------------------------------------------------------------------
 # Evaluation on novel classes: fixed seeded episodes, mean and 95% CI.
 # ----------------------------------------------------------------------------
-def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progress=None,
-                      per_episode: dict | None = None) -> dict:
+def evaluate_episodes(
+    state,
+    config,
+    dataset,
+    shots,
+    num_episodes,
+    seed,
+    progress=None,
+    per_episode: dict | None = None,
+) -> dict:
   """Summaries per setting; fills `per_episode` with each setting's accuracies if given."""
   per_episode = {} if per_episode is None else per_episode
   embed = embed_fn(state, config)
@@ -137,11 +173,18 @@ def evaluate_episodes(state, config, dataset, shots, num_episodes, seed, progres
     pooled = embed_in_batches(lambda b: embed(b)[0], dataset.images, config.eval.embed_batch)
   results = {}
   for k_shot in shots:
-    episodes = make_episodes(dataset.labels, config.eval.n_way, k_shot, config.eval.n_query,
-                             num_episodes, seed)
-    accuracies = episode_accuracies(pooled, episodes, maps=maps, scoring=config.eval.scoring,
-                                    n_way=config.eval.n_way,
-                                    batch_size=config.eval.batch_episodes, progress=progress)
+    episodes = make_episodes(
+        dataset.labels, config.eval.n_way, k_shot, config.eval.n_query, num_episodes, seed
+    )
+    accuracies = episode_accuracies(
+        pooled,
+        episodes,
+        maps=maps,
+        scoring=config.eval.scoring,
+        n_way=config.eval.n_way,
+        batch_size=config.eval.batch_episodes,
+        progress=progress,
+    )
     results[f'{config.eval.n_way}way_{k_shot}shot'] = summarize(accuracies)
     per_episode[f'{config.eval.n_way}way_{k_shot}shot'] = accuracies
   return results
@@ -159,13 +202,23 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dic
     if restored is None:
       raise FileNotFoundError(
           f'no checkpoint in {os.path.join(workdir, "kept")}: train first with '
-          f'`python launch/train.py --config=... --workdir={workdir}`.')
+          f'`python launch/train.py --config=... --workdir={workdir}`.'
+      )
     state = restored[0]
   print(f'Evaluating {config.eval.episodes} episodes per setting on {data.novel_name}...')
   per_episode = {}
-  results = {'fewshot': evaluate_episodes(state, config, data.novel, config.eval.shots,
-                                          config.eval.episodes, config.eval.seed,
-                                          progress=print_progress, per_episode=per_episode)}
+  results = {
+      'fewshot': evaluate_episodes(
+          state,
+          config,
+          data.novel,
+          config.eval.shots,
+          config.eval.episodes,
+          config.eval.seed,
+          progress=print_progress,
+          per_episode=per_episode,
+      )
+  }
   # Per-episode accuracies, so two methods on the same episode list compare paired
   # (benchmarks/paired_comparison.py).
   np.savez(os.path.join(workdir, 'episode_accuracies.npz'), **per_episode)
@@ -212,8 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_images = len(data.base.labels)
   steps_per_epoch = num_images // config.batch_size
   if steps_per_epoch < 1:
-    raise ValueError(f'config.batch_size={config.batch_size} exceeds the {num_images} base '
-                     'training images; lower it.')
+    raise ValueError(
+        f'config.batch_size={config.batch_size} exceeds the {num_images} base '
+        'training images; lower it.'
+    )
   total_steps = steps_per_epoch * config.optim.epochs
   model = build_model(config, data.num_base_classes)
   tx, schedule = training.make_optimizer(config.optim, steps_per_epoch)
@@ -229,28 +284,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f'Resumed from step {int(state.step)} in {checkpoints.directory}.')
   state = training.replicate(state, mesh)
 
-  step_fn = jax.jit(functools.partial(train_step, head=config.head,
-                                      augment_spec=train_augmentation(config)),
-                    donate_argnums=(0,))
+  step_fn = jax.jit(
+      functools.partial(train_step, head=config.head, augment_spec=train_augmentation(config)),
+      donate_argnums=(0,),
+  )
   logger = training.MetricLogger(workdir, total_steps)
   images, labels = data.base.images, data.base.labels
   start_epoch = int(state.step) // steps_per_epoch
   with training.StopRequest() as stop:
     for epoch in range(start_epoch, config.optim.epochs):
       # The epoch's order is a function of (seed, epoch): a resumed run replays it.
-      order = np.asarray(jax.random.permutation(training.step_rng(config.seed, epoch, stream=1),
-                                                num_images))
+      order = np.asarray(
+          jax.random.permutation(training.step_rng(config.seed, epoch, stream=1), num_images)
+      )
       first = int(state.step) - epoch * steps_per_epoch
       for i in range(first, steps_per_epoch):
         step = epoch * steps_per_epoch + i
-        idx = order[i * config.batch_size:(i + 1) * config.batch_size]
+        idx = order[i * config.batch_size : (i + 1) * config.batch_size]
         batch = training.shard_batch((images[idx], labels[idx]), mesh)
         state, metrics = step_fn(state, *batch, training.step_rng(config.seed, step))
         if (step + 1) % config.log_every_steps == 0 or step + 1 == total_steps:
           loss = float(metrics['loss'])
           training.check_finite(loss, step + 1, checkpoints.directory)
-          logger.log(step + 1, {'loss': loss, 'accuracy': float(metrics['accuracy']),
-                                'lr': float(schedule(step))})
+          logger.log(
+              step + 1,
+              {'loss': loss, 'accuracy': float(metrics['accuracy']), 'lr': float(schedule(step))},
+          )
         if stop.requested:
           checkpoints.save(step + 1, state, {'best_val': best_val})
           stop.stop(step + 1, checkpoints.directory)
@@ -258,8 +317,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       last_epoch = epoch + 1 == config.optim.epochs
       if data.val is not None and ((epoch + 1) % config.validation.every_epochs == 0 or last_epoch):
         # The paper keeps the checkpoint with the best 5-way accuracy on validation classes.
-        val = evaluate_episodes(state, config, data.val, (config.validation.shot,),
-                                config.validation.episodes, config.validation.seed)
+        val = evaluate_episodes(
+            state,
+            config,
+            data.val,
+            (config.validation.shot,),
+            config.validation.episodes,
+            config.validation.seed,
+        )
         setting, summary = next(iter(val.items()))
         val_acc = summary['accuracy']
         logger.log_results(int(state.step), {f'{setting}_accuracy': val_acc}, prefix='val')

@@ -6,6 +6,7 @@ fixed episode list twice: with the frozen DC network alone (prototypes of its
 pooled features) and with implants trained on each episode's support set, so
 the two accuracies are paired.
 """
+
 import os
 
 import ml_collections
@@ -25,11 +26,14 @@ def load_base(config: ml_collections.ConfigDict):
   if not os.path.exists(config_path):
     raise FileNotFoundError(
         f'config.base_workdir={config.base_workdir!r} holds no config.json: train the DC base '
-        'network first with configs/fsl/dense_classification.py (head=dc).')
+        'network first with configs/fsl/dense_classification.py (head=dc).'
+    )
   base_config = ml_collections.ConfigDict(training.read_json(config_path))
   if base_config.head != 'dc':
-    raise ValueError(f'config.base_workdir was trained with head={base_config.head!r}; '
-                     'implanting starts from a dense-classification (head=dc) network.')
+    raise ValueError(
+        f'config.base_workdir was trained with head={base_config.head!r}; '
+        'implanting starts from a dense-classification (head=dc) network.'
+    )
   if config.data_dir:
     base_config.data_dir = config.data_dir
   return base_config
@@ -39,45 +43,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   base_config = load_base(config)
   data = fewshot_data.load(base_config)
   model = base_training.build_model(base_config, data.num_base_classes)
-  implanted = implanted_encoder(model.encoder, tuple(config.implant.layers),
-                                config.implant.width)  # Checks the layers before any compile.
+  implanted = implanted_encoder(
+      model.encoder, tuple(config.implant.layers), config.implant.width
+  )  # Checks the layers before any compile.
   tx, _ = training.make_optimizer(base_config.optim, 1)
   template = base_training.create_state(base_config, model, data.base.images.shape[1:], tx)
   restored = training.Checkpointer(config.base_workdir, subdir='kept').restore(template)
   if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {config.base_workdir}/kept: the base run did '
-                            'not finish; rerun its train command to resume it.')
+    raise FileNotFoundError(
+        f'no checkpoint in {config.base_workdir}/kept: the base run did '
+        'not finish; rerun its train command to resume it.'
+    )
   state = restored[0]
   os.makedirs(workdir, exist_ok=True)
   training.save_config(workdir, config)
 
   frozen = {'params': state.params['encoder'], 'batch_stats': state.batch_stats['encoder']}
   implant_config = ImplantConfig(
-      steps=config.implant.steps, learning_rate=config.implant.learning_rate,
-      optimizer=config.implant.optimizer, scoring=config.implant.scoring,
+      steps=config.implant.steps,
+      learning_rate=config.implant.learning_rate,
+      optimizer=config.implant.optimizer,
+      scoring=config.implant.scoring,
       # The dense loss on the support uses the scale the base classifier learned.
       scale=float(state.params['classifier']['scale']),
-      unroll=backend.unroll_short_loops())
+      unroll=backend.unroll_short_loops(),
+  )
   spec = augment_spec_for(base_config.dataset, train=False)
   embed = base_training.embed_fn(state, base_config)
   pooled = embed_in_batches(lambda b: embed(b)[0], data.novel.images, 256)
   results = {'fewshot': {}, 'dc_same_episodes': {}, 'paired_gain': {}}
   for k_shot in config.eval.shots:
     name = f'{config.eval.n_way}way_{k_shot}shot'
-    episodes = make_episodes(data.novel.labels, config.eval.n_way, k_shot, config.eval.n_query,
-                             config.eval.episodes, config.eval.seed)
+    episodes = make_episodes(
+        data.novel.labels,
+        config.eval.n_way,
+        k_shot,
+        config.eval.n_query,
+        config.eval.episodes,
+        config.eval.seed,
+    )
     dc = episode_accuracies(pooled, episodes, n_way=config.eval.n_way)
     print(f'DC+IMP {name}: training implants on {config.eval.episodes} episodes...')
     imp = implant_episode_accuracies(
-        implanted, frozen, data.novel.images, episodes, training.seed_key(config.seed),
-        implant_config, input_fn=lambda x: augment.normalize(x, spec.mean, spec.std),
-        batch_size=config.eval.batch_episodes, progress=print_progress)
+        implanted,
+        frozen,
+        data.novel.images,
+        episodes,
+        training.seed_key(config.seed),
+        implant_config,
+        input_fn=lambda x: augment.normalize(x, spec.mean, spec.std),
+        batch_size=config.eval.batch_episodes,
+        progress=print_progress,
+    )
     results['fewshot'][name] = summarize(imp)
     results['dc_same_episodes'][name] = summarize(dc)
     gain, gain_ci = mean_ci95(imp - dc)
     results['paired_gain'][name] = {'accuracy': gain, 'ci95': gain_ci}
-    print(f'{name}: DC {100 * dc.mean():.2f}%  DC+IMP {100 * imp.mean():.2f}%  '
-          f'gain {100 * gain:+.2f} ± {100 * gain_ci:.2f} (paired, {len(imp)} episodes)')
+    print(
+        f'{name}: DC {100 * dc.mean():.2f}%  DC+IMP {100 * imp.mean():.2f}%  '
+        f'gain {100 * gain:+.2f} ± {100 * gain_ci:.2f} (paired, {len(imp)} episodes)'
+    )
   training.write_json(os.path.join(workdir, 'results.json'), results)
   return results
 
@@ -85,4 +110,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Implants are trained at test time: evaluating is the whole run."""
   return train_and_evaluate(config, workdir)
-

@@ -43,18 +43,22 @@ def require_cpu_kernels() -> types.ModuleType:
   kernels = cpu_kernels()
   if kernels is None:
     if not computes_on_cpu():
-      raise RuntimeError(f'the CPU kernels were asked for, but JAX computes on '
-                         f'{jax.default_backend()!r}; they serve the CPU only.')
-    raise RuntimeError('the CPU kernels were asked for, but the groundwork_cpu package is not '
-                       'installed: `make install` on an x86-64 Linux machine with g++, or '
-                       '`pip install --no-build-isolation ./cpu_kernels`.')
+      raise RuntimeError(
+          f'the CPU kernels were asked for, but JAX computes on '
+          f'{jax.default_backend()!r}; they serve the CPU only.'
+      )
+    raise RuntimeError(
+        'the CPU kernels were asked for, but the groundwork_cpu package is not '
+        'installed: `make install` on an x86-64 Linux machine with g++, or '
+        '`pip install --no-build-isolation ./cpu_kernels`.'
+    )
   return kernels
 
 
 def unroll_short_loops() -> bool:
   """Whether to unroll a short loop of training steps compiled into one program.
 
-  XLA's CPU backend runs convolutions inside a while loop about 20x slower than in
-  straight-line code (docs/performance.md); accelerators keep the loop, which compiles faster.
+  XLA's CPU backend runs convolutions inside a while loop far slower than in straight-line
+  code (docs/performance.md); accelerators keep the loop, which compiles faster.
   """
   return computes_on_cpu()

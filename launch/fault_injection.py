@@ -8,6 +8,7 @@ a bad config value), restarts it with the same command where that applies, and
 compares with an uninterrupted reference run. Prints a table:
 case, expected, observed, ok.
 """
+
 import json
 import os
 import pathlib
@@ -22,10 +23,12 @@ from absl import flags
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/fault_injection', 'Scratch directory.')
 _CASES = flags.DEFINE_list('cases', None, 'Cases to run (default: all).')
-_OMNIGLOT = flags.DEFINE_string('omniglot_dir', str(ROOT.parent / 'shared/data/omniglot'),
-                                'Omniglot zips.')
-_FASHION = flags.DEFINE_string('fashion_mnist_dir', '/usr/share/datasets/fashion-mnist',
-                               'Fashion-MNIST IDX files.')
+_OMNIGLOT = flags.DEFINE_string(
+    'omniglot_dir', str(ROOT.parent / 'shared/data/omniglot'), 'Omniglot zips.'
+)
+_FASHION = flags.DEFINE_string(
+    'fashion_mnist_dir', '/usr/share/datasets/fashion-mnist', 'Fashion-MNIST IDX files.'
+)
 
 FSL = 'configs/fsl/dense_classification.py:smoke'
 SSL = 'configs/ssl/semi_supervised.py:smoke,method=mt_dlp'
@@ -33,14 +36,26 @@ SSL = 'configs/ssl/semi_supervised.py:smoke,method=mt_dlp'
 
 def command(config: str, workdir: str, *overrides: str) -> list[str]:
   data_dir = _OMNIGLOT.value if config.startswith('configs/fsl') else _FASHION.value
-  return [sys.executable, str(ROOT / 'launch/train.py'), f'--config={config}',
-          f'--workdir={workdir}', f'--config.data_dir={data_dir}', *overrides]
+  return [
+      sys.executable,
+      str(ROOT / 'launch/train.py'),
+      f'--config={config}',
+      f'--workdir={workdir}',
+      f'--config.data_dir={data_dir}',
+      *overrides,
+  ]
 
 
 def run(cmd, kill_after_line: str | None = None, sig=signal.SIGKILL) -> tuple[int, str]:
   """Runs `cmd`; when a stdout line contains `kill_after_line`, sends `sig`."""
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+  proc = subprocess.Popen(
+      cmd,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=dict(os.environ, PYTHONUNBUFFERED='1'),
+  )
   lines = []
   for line in proc.stdout:
     lines.append(line)
@@ -68,8 +83,10 @@ def case_kill_and_resume(config: str, name: str, kill_line: str, sig=signal.SIGK
   code, _ = run(command(config, workdir), kill_after_line=kill_line, sig=sig)
   resumed_code, out = run(command(config, workdir))
   same = results(workdir) == results(reference) and results(reference) is not None
-  observed = (f'killed (exit {code}), resumed (exit {resumed_code}), results '
-              f'{"identical" if same else "DIFFER"}')
+  observed = (
+      f'killed (exit {code}), resumed (exit {resumed_code}), results '
+      f'{"identical" if same else "DIFFER"}'
+  )
   return 'resumed run gives identical results.json', observed, same and resumed_code == 0
 
 
@@ -109,9 +126,11 @@ def case_bad_value(config: str, name: str, override: str, field: str):
   code, out = run(command(config, workdir, override))
   # Before any compile: the error comes before the first training step is logged.
   early = 'step 1/' not in out
-  return (f'stops before training, naming {field}',
-          f'exit {code}, named: {field in out}, before the first step: {early}',
-          code != 0 and field in out and early)
+  return (
+      f'stops before training, naming {field}',
+      f'exit {code}, named: {field in out}, before the first step: {early}',
+      code != 0 and field in out and early,
+  )
 
 
 def case_same_seed(config: str, name: str):
@@ -121,8 +140,11 @@ def case_same_seed(config: str, name: str):
   run(command(config, other, '--config.seed=1'))
   same = results(first) == results(second) and results(first) is not None
   differs = results(other) != results(first)
-  return ('same seed: identical results.json; seed 1 differs',
-          f'identical: {same}, seed 1 differs: {differs}', same and differs)
+  return (
+      'same seed: identical results.json; seed 1 differs',
+      f'identical: {same}, seed 1 differs: {differs}',
+      same and differs,
+  )
 
 
 def case_crash_while_writing(config: str, name: str):
@@ -142,16 +164,19 @@ def case_crash_while_writing(config: str, name: str):
   code, out = run(command(config, workdir))
   same = results(workdir) == results(reference) and results(reference) is not None
   resumed = f'Resumed from step {complete}' in out
-  return ('partial checkpoint ignored, last complete one resumed, identical results',
-          f'exit {code}, resumed from {complete}: {resumed}, identical: {same}',
-          code == 0 and resumed and same)
+  return (
+      'partial checkpoint ignored, last complete one resumed, identical results',
+      f'exit {code}, resumed from {complete}: {resumed}, identical: {same}',
+      code == 0 and resumed and same,
+  )
 
 
 CASES = {
     'sigkill_fsl': lambda: case_kill_and_resume(FSL, 'sigkill_fsl', 'step 40/'),
     'sigkill_ssl_mid_epoch': lambda: case_kill_and_resume(SSL, 'sigkill_ssl', '[mt] step 25/'),
-    'sigkill_ssl_propagation': lambda: case_kill_and_resume(SSL, 'sigkill_ssl_lp',
-                                                            'pseudo_label_accuracy'),
+    'sigkill_ssl_propagation': lambda: case_kill_and_resume(
+        SSL, 'sigkill_ssl_lp', 'pseudo_label_accuracy'
+    ),
     'crash_while_writing_checkpoint': lambda: case_crash_while_writing(FSL, 'crash_write'),
     'same_seed_fsl': lambda: case_same_seed(FSL, 'same_seed'),
     'sigterm_fsl': lambda: case_sigterm(FSL, 'sigterm_fsl', 'step 10/'),
@@ -159,8 +184,9 @@ CASES = {
     'nan_loss_fsl': lambda: case_nan_loss(FSL, 'nan_fsl'),
     'negative_lr': lambda: case_bad_value(FSL, 'bad_lr', '--config.optim.lr=-1', 'optim.lr'),
     'zero_ways': lambda: case_bad_value(FSL, 'bad_ways', '--config.eval.n_way=0', 'eval.n_way'),
-    'unknown_dataset': lambda: case_bad_value(FSL, 'bad_ds', '--config.dataset=mnist',
-                                              'config.dataset'),
+    'unknown_dataset': lambda: case_bad_value(
+        FSL, 'bad_ds', '--config.dataset=mnist', 'config.dataset'
+    ),
     'k_too_large': lambda: case_bad_value(SSL, 'bad_k', '--config.lp.k=100000', 'lp.k'),
 }
 

@@ -1,4 +1,4 @@
-"""Trains (and evaluates) one config into a workdir.
+r"""Trains (and evaluates) one config into a workdir.
 
   python launch/train.py --config=configs/fsl/dense_classification.py:dataset=omniglot \
       --workdir=workdirs/omniglot_dc [--config.field=value ...]
@@ -6,6 +6,7 @@
 A workdir that already holds a checkpoint is resumed from it; a misspelt
 --config.field stops naming the field.
 """
+
 from trainers import launch
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """Train/test sets and labelled subsets of the semi-supervised benchmarks."""
+
 import ml_collections
 import numpy as np
 
@@ -48,8 +49,9 @@ def load(config: ml_collections.ConfigDict) -> tuple[gdata.ImageDataset, gdata.I
     train, test = _miniimagenet_ssl(config.data_dir)
   if config.get('train_subset'):
     # Runs sized for a small CPU: a class-balanced, seeded subset of the training images.
-    train = train.subset(gdata.balanced_labeled_indices(train.labels, config.train_subset,
-                                                         config.seed + 1))
+    train = train.subset(
+        gdata.balanced_labeled_indices(train.labels, config.train_subset, config.seed + 1)
+    )
   return train, test
 
 
@@ -57,24 +59,30 @@ def labeled_indices(config: ml_collections.ConfigDict, train: gdata.ImageDataset
   """Indices of the labelled training images: a published label file, or a seeded balanced draw."""
   if config.label_file:
     if train.filenames is None:
-      raise ValueError(f'config.label_file={config.label_file!r} names images by file, but '
-                       f'{config.dataset} was read without file names (tfds); use the '
-                       'official python archive.')
-    indices, _ = gdata.read_reference_labels(config.label_file, train.filenames,
-                                             train.class_names, train.labels)
+      raise ValueError(
+          f'config.label_file={config.label_file!r} names images by file, but '
+          f'{config.dataset} was read without file names (tfds); use the '
+          'official python archive.'
+      )
+    indices, _ = gdata.read_reference_labels(
+        config.label_file, train.filenames, train.class_names, train.labels
+    )
     return np.sort(indices)
   if config.labels > len(train.labels):
-    raise ValueError(f'config.labels={config.labels} exceeds the {len(train.labels)} training '
-                     'images.')
+    raise ValueError(
+        f'config.labels={config.labels} exceeds the {len(train.labels)} training ' 'images.'
+    )
   return gdata.balanced_labeled_indices(train.labels, config.labels, config.seed)
 
 
-def split_indices(config: ml_collections.ConfigDict,
-                  train: gdata.ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    config: ml_collections.ConfigDict, train: gdata.ImageDataset
+) -> tuple[np.ndarray, np.ndarray]:
   """(labelled, unlabelled) indices of the training images."""
   labeled = labeled_indices(config, train)
   unlabeled = np.setdiff1d(np.arange(len(train.labels)), labeled)
   if len(unlabeled) == 0:
-    raise ValueError(f'config.labels={config.labels} labels every training image; nothing is '
-                     'left unlabelled.')
+    raise ValueError(
+        f'config.labels={config.labels} labels every training image; nothing is ' 'left unlabelled.'
+    )
   return labeled, unlabeled

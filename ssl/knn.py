@@ -19,6 +19,7 @@ package installed), else 'jax'. On 2 CPU cores at N = 50,000, k = 50, d = 128 / 
 (benchmarks/label_propagation.py) 'cpu' searched in 4.0 / 13.3 s, faiss in 5.5 / 15.1 s and
 'jax' in 13.3 / 22.6 s.
 """
+
 import functools
 
 import jax
@@ -33,7 +34,7 @@ ENGINES = ('auto', 'jax', 'faiss', 'cpu')
 def check_engine(engine: str) -> None:
   """A ValueError unless `engine` is one of ENGINES."""
   if engine not in ENGINES:
-    raise ValueError(f'kNN engine {engine!r} (config.lp.knn_backend) is not one of {ENGINES}.')
+    raise ValueError(f'kNN engine {engine!r} (config.lp.knn_engine) is not one of {ENGINES}.')
 
 
 def resolve(engine: str) -> str:
@@ -100,7 +101,8 @@ def _search_block(queries, x, start, *, k: int, group: int, block_size: int, n_v
   runs = sims.reshape(block_size, n_padded // group, group)
   _, best_runs = jax.lax.top_k(runs.max(axis=-1), k)
   candidates = jnp.take_along_axis(runs, best_runs[..., None], axis=1).reshape(
-      block_size, k * group)
+      block_size, k * group
+  )
   values, position = jax.lax.top_k(candidates, k)
   run = jnp.take_along_axis(best_runs, position // group, axis=1)
   return values, (run * group + position % group).astype(jnp.int32)
@@ -115,9 +117,14 @@ def _jax_search(x: jax.Array, k: int, block_size: int):
   queries = jnp.pad(x, ((0, -n % block_size), (0, 0)))
   # A Python loop over jitted blocks: each block is one XLA call, so nothing
   # (like lax.map around top_k) can turn the selection into a full sort.
-  sims, idx = zip(*(_search_block(queries, database, start, k=k, group=group,
-                                  block_size=block_size, n_valid=n)
-                    for start in range(0, n, block_size)))
+  sims, idx = zip(
+      *(
+          _search_block(
+              queries, database, start, k=k, group=group, block_size=block_size, n_valid=n
+          )
+          for start in range(0, n, block_size)
+      )
+  )
   return jnp.concatenate(sims)[:n], jnp.concatenate(idx)[:n]
 
 
@@ -128,8 +135,10 @@ def _faiss_search(x: np.ndarray, k: int):
   try:
     import faiss  # pylint: disable=import-outside-toplevel
   except ImportError as e:
-    raise ImportError("the kNN engine 'faiss' needs the faiss-cpu package "
-                      "(pip install faiss-cpu), or use engine 'jax'.") from e
+    raise ImportError(
+        "the kNN engine 'faiss' needs the faiss-cpu package "
+        "(pip install faiss-cpu), or use engine 'jax'."
+    ) from e
   n, d = x.shape
   index = faiss.IndexFlatIP(d)
   if hasattr(faiss, 'StandardGpuResources') and faiss.get_num_gpus() > 0:

@@ -18,13 +18,10 @@ arrays) and `matvec(graph, p) -> W @ p` for `p [N, C]`, both traceable inside `j
   `groundwork.backend.cpu_kernels()` has it: the same W laid out in rows by one native call,
   with a native product on every core.
 
-On the 2-core CPU at N = 50,000, k = 50 (benchmarks/label_propagation.py, C = 10 / 100):
-the COO graph builds in 9 ms; a product takes 60 / 540 ms on its own (B @ p 11 / 37 ms,
-B^T @ p 52 / 434 ms: XLA's CPU scatter), ~32 / ~180 ms as a step of the compiled CG loop;
-graph + diffusion take 0.52 / 4.6 s, against 0.13 / 1.0 s with the package's row graph and
-1.0 / 6.8 s for a scipy replica of the reference. Summed as a segment_sum too, B @ p cost
-~60 ms more a product at C = 10. Not measured on a GPU.
+Speed of both on the CPU (the COO graph has not been measured on a GPU):
+docs/performance.md, "Label propagation".
 """
+
 import importlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,12 +35,14 @@ from groundwork import backend
 
 class GraphOps(NamedTuple):
   """How W is built and applied; hashable, so it can be a static argument of `jax.jit`."""
+
   build: Callable[[jax.Array, jax.Array], Any]  # (values [N, k], indices [N, k]) -> graph.
   matvec: Callable[[Any, jax.Array], jax.Array]  # (graph, p [N, C]) -> W @ p.
 
 
 class CooGraph(NamedTuple):
   """W = B + B^T, B's edges i -> indices[i, m] with weights D_i^-1/2 a_ij D_j^-1/2."""
+
   indices: jax.Array  # [N, k] int32.
   weight: jax.Array  # [N, k] float32; 0 on an edge from a node to itself.
   degree: jax.Array  # [N] float32: row sums of A + A^T.
@@ -64,7 +63,7 @@ def coo_matvec(graph: CooGraph, p: jax.Array) -> jax.Array:
   """`W @ p = B @ p + B^T @ p` for `p [N, C]`."""
   n, k = graph.weight.shape
   # One slot at a time: XLA fuses the sum into a single loop over rows, where a gather of
-  # [N, k, C] rows would be materialised first (over 10x slower on CPU at C = 10).
+  # [N, k, C] rows would be materialised first, and a segment_sum would scatter.
   forward = graph.weight[:, 0, None] * p[graph.indices[:, 0]]
   for m in range(1, k):
     forward = forward + graph.weight[:, m, None] * p[graph.indices[:, m]]

@@ -37,6 +37,7 @@ N once the data is read) and the labelled split once by `check_labels` where it 
 
 Speed (N = 50,000, k = 50): see benchmarks/label_propagation.py and README.
 """
+
 import functools
 import warnings
 from typing import NamedTuple
@@ -59,49 +60,99 @@ class Propagation(NamedTuple):
   scores: jax.Array  # [N, C] float32: Z, the solution of (I - alpha W) Z = Y.
 
 
-def label_propagation(features, labels, labeled_mask, num_classes: int, *, k: int = 50,
-                      gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
-                      clip_negative: bool = True, knn_backend: str = 'auto',
-                      cg_rtol: float = 1e-6,
-                      graph_ops: knn_graph.GraphOps | None = None) -> Propagation:
+def label_propagation(
+    features,
+    labels,
+    labeled_mask,
+    num_classes: int,
+    *,
+    k: int = 50,
+    gamma: float = 3.0,
+    alpha: float = 0.99,
+    cg_iterations: int = 20,
+    clip_negative: bool = True,
+    knn_engine: str = 'auto',
+    cg_rtol: float = 1e-6,
+    graph_ops: knn_graph.GraphOps | None = None,
+) -> Propagation:
   """Pseudo-labels and weights for every image from `features [N, d]` (best on device).
 
   `labels [N]` is read only where `labeled_mask [N]` is true (elsewhere it may be -1); the
   split must pass `check_labels`, which the caller runs once where the split is known.
-  `knn_backend`: a `knn.ENGINES` name; `graph_ops`: W's operator (`knn_graph.graph_ops()`
+  `knn_engine`: a `knn.ENGINES` name; `graph_ops`: W's operator (`knn_graph.graph_ops()`
   when None).
   """
   x = jnp.asarray(features, jnp.float32)
   if x.ndim != 2:
     raise ValueError(f'features must be [N, d]; got shape {x.shape}.')
-  check_settings(k=k, gamma=gamma, alpha=alpha, cg_iterations=cg_iterations,
-                 clip_negative=clip_negative, knn_backend=knn_backend, num_images=x.shape[0])
+  check_settings(
+      k=k,
+      gamma=gamma,
+      alpha=alpha,
+      cg_iterations=cg_iterations,
+      clip_negative=clip_negative,
+      knn_engine=knn_engine,
+      num_images=x.shape[0],
+  )
   _check_finite(x)
-  similarities, indices = knn.knn_search(x, k, engine=knn_backend)
-  return propagate(similarities, indices, labels, labeled_mask, num_classes, gamma=gamma,
-                   alpha=alpha, cg_iterations=cg_iterations, clip_negative=clip_negative,
-                   cg_rtol=cg_rtol, graph_ops=graph_ops)
+  similarities, indices = knn.knn_search(x, k, engine=knn_engine)
+  return propagate(
+      similarities,
+      indices,
+      labels,
+      labeled_mask,
+      num_classes,
+      gamma=gamma,
+      alpha=alpha,
+      cg_iterations=cg_iterations,
+      clip_negative=clip_negative,
+      cg_rtol=cg_rtol,
+      graph_ops=graph_ops,
+  )
 
 
-def propagate(similarities, indices, labels, labeled_mask, num_classes: int, *,
-              gamma: float = 3.0, alpha: float = 0.99, cg_iterations: int = 20,
-              clip_negative: bool = True, cg_rtol: float = 1e-6,
-              graph_ops: knn_graph.GraphOps | None = None) -> Propagation:
+def propagate(
+    similarities,
+    indices,
+    labels,
+    labeled_mask,
+    num_classes: int,
+    *,
+    gamma: float = 3.0,
+    alpha: float = 0.99,
+    cg_iterations: int = 20,
+    clip_negative: bool = True,
+    cg_rtol: float = 1e-6,
+    graph_ops: knn_graph.GraphOps | None = None,
+) -> Propagation:
   """Steps 2-4 on a given kNN graph: `similarities`, `indices` `[N, k]` from `knn_search`,
   settings and labels already checked."""
   ops = knn_graph.graph_ops() if graph_ops is None else graph_ops
   # Two compiled programs: W's arrays (tens of MB) come back as outputs, which the allocator
   # keeps for the next call; as temporaries inside one program they were mapped afresh on
-  # every call (glibc malloc, N = 50,000: 15,500 page faults and +12 ms a call).
-  graph = _graph(jnp.asarray(similarities, jnp.float32), jnp.asarray(indices, jnp.int32),
-                 ops=ops, gamma=float(gamma), clip_negative=bool(clip_negative))
-  return _diffuse(graph, jnp.asarray(labels, jnp.int32), jnp.asarray(labeled_mask, bool),
-                  ops=ops, num_classes=int(num_classes), alpha=float(alpha),
-                  iterations=int(cg_iterations), rtol=float(cg_rtol))
+  # every call (cpu_kernels/NOTES.md).
+  graph = _graph(
+      jnp.asarray(similarities, jnp.float32),
+      jnp.asarray(indices, jnp.int32),
+      ops=ops,
+      gamma=float(gamma),
+      clip_negative=bool(clip_negative),
+  )
+  return _diffuse(
+      graph,
+      jnp.asarray(labels, jnp.int32),
+      jnp.asarray(labeled_mask, bool),
+      ops=ops,
+      num_classes=int(num_classes),
+      alpha=float(alpha),
+      iterations=int(cg_iterations),
+      rtol=float(cg_rtol),
+  )
 
 
-def weighted_cross_entropy(logits: jax.Array, targets: jax.Array, sample_weights: jax.Array,
-                           class_weights: jax.Array) -> jax.Array:
+def weighted_cross_entropy(
+    logits: jax.Array, targets: jax.Array, sample_weights: jax.Array, class_weights: jax.Array
+) -> jax.Array:
   """`sum_i omega_i zeta_{y_i} CE(logits_i, y_i) / B`: the loss of stage 2.
 
   Divided by the batch size B, not by the sum of weights, as the reference
@@ -175,8 +226,9 @@ def certainty(z: jax.Array):
   total = z.sum(axis=1)
   reached = total > 0
   probs = z / jnp.where(reached, total, 1.0)[:, None]
-  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0),
-                     axis=1)
+  entropy = -jnp.sum(
+      jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=1
+  )
   omega = jnp.where(reached, 1.0 - entropy / np.log(num_classes), 0.0)
   top = jnp.max(omega)
   omega = omega / jnp.where(top > 0, top, 1.0)
@@ -189,8 +241,9 @@ def _graph(similarities, indices, *, ops, gamma, clip_negative):
 
 
 @functools.partial(jax.jit, static_argnames=('ops', 'num_classes', 'iterations'))
-def _diffuse(graph, labels, labeled_mask, *, ops, num_classes, alpha, iterations,
-             rtol) -> Propagation:
+def _diffuse(
+    graph, labels, labeled_mask, *, ops, num_classes, alpha, iterations, rtol
+) -> Propagation:
   labels = jnp.where(labeled_mask, labels, 0)
   seeds = seed_matrix(labels, labeled_mask, num_classes)
   z = conjugate_gradient(lambda p: p - alpha * ops.matvec(graph, p), seeds, iterations, rtol)
@@ -212,40 +265,59 @@ def seed_matrix(labels: jax.Array, labeled_mask: jax.Array, num_classes: int) ->
 # ----------------------------------------------------------------------------
 # Checks: settings and labels once per run, features on every call.
 # ----------------------------------------------------------------------------
-def check_settings(*, k: int, gamma: float, alpha: float, cg_iterations: int,
-                   clip_negative: bool, knn_backend: str = 'auto',
-                   num_images: int | None = None) -> None:
+def check_settings(
+    *,
+    k: int,
+    gamma: float,
+    alpha: float,
+    cg_iterations: int,
+    clip_negative: bool,
+    knn_engine: str = 'auto',
+    num_images: int | None = None,
+) -> None:
   """A ValueError naming the `config.lp` field and its allowed range for a setting outside it.
 
   With `num_images` (N, known once the data is read) also k < N, and a warning when k is
   more than LARGE_K_SHARE of N.
   """
   if k != int(k) or k < 1:
-    raise ValueError(f'config.lp.k={k} must be an integer in [1, N-1] (N: the images '
-                     'propagated over; an image is never its own neighbour).')
+    raise ValueError(
+        f'config.lp.k={k} must be an integer in [1, N-1] (N: the images '
+        'propagated over; an image is never its own neighbour).'
+    )
   if num_images is not None:
     if k >= num_images:
-      raise ValueError(f'config.lp.k={k} must be smaller than the {num_images} images: it '
-                       f'lies in [1, N-1] = [1, {num_images - 1}] (an image is never its own '
-                       'neighbour).')
+      raise ValueError(
+          f'config.lp.k={k} must be smaller than the {num_images} images: it '
+          f'lies in [1, N-1] = [1, {num_images - 1}] (an image is never its own '
+          'neighbour).'
+      )
     if k > LARGE_K_SHARE * num_images:
-      warnings.warn(f'config.lp.k={k} is {k / num_images:.0%} of the {num_images} images: '
-                    'each list reaches far past its own class and the propagation blurs '
-                    'the classes together.', stacklevel=2)
+      warnings.warn(
+          f'config.lp.k={k} is {k / num_images:.0%} of the {num_images} images: '
+          'each list reaches far past its own class and the propagation blurs '
+          'the classes together.',
+          stacklevel=2,
+      )
   if not 0 < alpha < 1:
-    raise ValueError(f'config.lp.alpha={alpha} must lie in (0, 1): outside it I - alpha W '
-                     'is not positive definite and conjugate gradient solves something else.')
+    raise ValueError(
+        f'config.lp.alpha={alpha} must lie in (0, 1): outside it I - alpha W '
+        'is not positive definite and conjugate gradient solves something else.'
+    )
   if not gamma > 0:
-    raise ValueError(f'config.lp.gamma={gamma} must be positive (affinities are '
-                     'similarities to the power gamma).')
+    raise ValueError(
+        f'config.lp.gamma={gamma} must be positive (affinities are '
+        'similarities to the power gamma).'
+    )
   if not clip_negative and gamma != int(gamma):
-    raise ValueError(f'config.lp.gamma={gamma} must be an integer with '
-                     'config.lp.clip_negative=False: a negative similarity has no real '
-                     'non-integer power; use an integer gamma or clip_negative=True.')
+    raise ValueError(
+        f'config.lp.gamma={gamma} must be an integer with '
+        'config.lp.clip_negative=False: a negative similarity has no real '
+        'non-integer power; use an integer gamma or clip_negative=True.'
+    )
   if cg_iterations != int(cg_iterations) or cg_iterations < 1:
-    raise ValueError(f'config.lp.cg_iterations={cg_iterations} must be an integer, at '
-                     'least 1.')
-  knn.check_engine(knn_backend)
+    raise ValueError(f'config.lp.cg_iterations={cg_iterations} must be an integer, at ' 'least 1.')
+  knn.check_engine(knn_engine)
 
 
 def check_labels(labels, labeled_mask, num_classes: int) -> None:
@@ -253,21 +325,27 @@ def check_labels(labels, labeled_mask, num_classes: int) -> None:
   labels, labeled_mask = np.asarray(labels), np.asarray(labeled_mask, bool)
   n = labels.shape[0] if labels.ndim else 0
   if labels.shape != (n,) or labeled_mask.shape != (n,):
-    raise ValueError(f'labels {labels.shape} and labeled_mask {labeled_mask.shape} must both '
-                     'be [N]: one entry per image.')
+    raise ValueError(
+        f'labels {labels.shape} and labeled_mask {labeled_mask.shape} must both '
+        'be [N]: one entry per image.'
+    )
   if num_classes < 2:
     raise ValueError(f'num_classes={num_classes}: propagation needs at least 2 classes.')
   given = labels[labeled_mask]
   if given.size and (given.min() < 0 or given.max() >= num_classes):
     wrong = given[(given < 0) | (given >= num_classes)]
-    raise ValueError(f'labeled images carry label {wrong[0]}, outside [0, {num_classes - 1}] '
-                     f'for num_classes={num_classes}.')
+    raise ValueError(
+        f'labeled images carry label {wrong[0]}, outside [0, {num_classes - 1}] '
+        f'for num_classes={num_classes}.'
+    )
   counts = np.bincount(given.astype(np.int64), minlength=num_classes)
   if (counts == 0).any():
     missing = np.flatnonzero(counts == 0)
-    raise ValueError(f'class {missing[0]} has no labeled image ({missing.size} of {num_classes} '
-                     f'classes have none: {missing[:10].tolist()}); every class needs at least '
-                     'one label to propagate from.')
+    raise ValueError(
+        f'class {missing[0]} has no labeled image ({missing.size} of {num_classes} '
+        f'classes have none: {missing[:10].tolist()}); every class needs at least '
+        'one label to propagate from.'
+    )
 
 
 def _check_finite(x: jax.Array) -> None:
@@ -275,5 +353,7 @@ def _check_finite(x: jax.Array) -> None:
   bad = int(jnp.size(x) - jnp.count_nonzero(finite))
   if bad:
     rows = np.flatnonzero(~np.asarray(finite.all(axis=1)))
-    raise ValueError(f'features contain {bad} NaN/inf values in {rows.size} rows (first: row '
-                     f'{rows[0]}); the encoder diverged or its input was not normalised.')
+    raise ValueError(
+        f'features contain {bad} NaN/inf values in {rows.size} rows (first: row '
+        f'{rows[0]}); the encoder diverged or its input was not normalised.'
+    )

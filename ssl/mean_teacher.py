@@ -19,6 +19,7 @@ classes) that its training loop divides by the minibatch size, labeled and
 unlabeled images together; the functions here return that quotient directly:
 a mean over batch and classes.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,8 +35,9 @@ def ema_update(teacher_params, student_params, step, ema_decay: float):
   """
   step = jnp.asarray(step, jnp.float32)
   decay = jnp.minimum(1.0 - 1.0 / (step + 1.0), ema_decay)
-  return jax.tree_util.tree_map(lambda t, s: decay * t + (1.0 - decay) * s,
-                                teacher_params, student_params)
+  return jax.tree_util.tree_map(
+      lambda t, s: decay * t + (1.0 - decay) * s, teacher_params, student_params
+  )
 
 
 def sigmoid_rampup(current, rampup_length: float):
@@ -87,8 +89,13 @@ def cosine_rampdown(current, rampdown_length: float):
   return 0.5 * (jnp.cos(np.pi * jnp.asarray(current, jnp.float32) / rampdown_length) + 1.0)
 
 
-def mean_teacher_lr(epoch, base_lr: float, initial_lr: float = 0.0, rampup_epochs: float = 0,
-                    rampdown_epochs: float = 210):
+def mean_teacher_lr(
+    epoch,
+    base_lr: float,
+    initial_lr: float = 0.0,
+    rampup_epochs: float = 0,
+    rampdown_epochs: float = 210,
+):
   """The reference's `adjust_learning_rate`, set every iteration.
 
   `epoch` is fractional (epoch + step_in_epoch / steps_per_epoch): linear ramp
@@ -98,8 +105,10 @@ def mean_teacher_lr(epoch, base_lr: float, initial_lr: float = 0.0, rampup_epoch
   one is clipped.
   """
   if rampdown_epochs and isinstance(epoch, (int, float)) and not 0 <= epoch <= rampdown_epochs:
-    raise ValueError(f'epoch={epoch} is outside [0, rampdown_epochs={rampdown_epochs}]; the cosine '
-                     'would rise again. Train for at most rampdown_epochs epochs.')
+    raise ValueError(
+        f'epoch={epoch} is outside [0, rampdown_epochs={rampdown_epochs}]; the cosine '
+        'would rise again. Train for at most rampdown_epochs epochs.'
+    )
   if isinstance(epoch, (int, float)) and epoch < 0:
     raise ValueError(f'epoch={epoch} must be >= 0.')
   epoch = jnp.maximum(jnp.asarray(epoch, jnp.float32), 0.0)

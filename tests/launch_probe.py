@@ -1,4 +1,5 @@
 """Run as `python -m launch_probe` from the repository root (see test_layout)."""
+
 import ssl
 
 import semisup

@@ -15,7 +15,7 @@ IMAGES = IMAGES.astype(np.uint8)
 
 def _windows(padded: np.ndarray, size: int):
   span = padded.shape[0] - size
-  return [padded[y:y + size, x:x + size] for y in range(span + 1) for x in range(span + 1)]
+  return [padded[y : y + size, x : x + size] for y in range(span + 1) for x in range(span + 1)]
 
 
 @pytest.mark.parametrize('mode', ['crop', 'translate'])
@@ -78,8 +78,9 @@ def test_normalization_constants():
 
 
 def test_augment_batch_shapes_ranges_determinism():
-  spec = AugmentSpec(crop_padding=2, translate=1, flip=True, rotate_degrees=10.0,
-                     mean=(0.5, 0.5), std=(0.25, 0.25))
+  spec = AugmentSpec(
+      crop_padding=2, translate=1, flip=True, rotate_degrees=10.0, mean=(0.5, 0.5), std=(0.25, 0.25)
+  )
   run = jax.jit(augment_batch, static_argnames='spec')
   out = run(KEY, jnp.asarray(IMAGES), spec=spec)
   assert out.shape == IMAGES.shape and out.dtype == jnp.float32
@@ -102,7 +103,10 @@ def test_dataset_defaults():
   evaluation = augment_spec_for('cifar10', train=False)
   assert (evaluation.translate, evaluation.flip) == (0, False)
   identity = augment_batch(KEY, jnp.full((1, 2, 2, 3), 255, jnp.uint8), evaluation)
-  np.testing.assert_allclose(identity[0, 0, 0], (1 - np.array([0.4914, 0.4822, 0.4465]))
-                             / np.array([0.2470, 0.2435, 0.2616]), rtol=1e-5)
+  np.testing.assert_allclose(
+      identity[0, 0, 0],
+      (1 - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2470, 0.2435, 0.2616]),
+      rtol=1e-5,
+  )
   with pytest.raises(ValueError, match='No augmentation defaults'):
     augment_spec_for('imagenet')

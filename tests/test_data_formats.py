@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from groundwork.data import (CIFAR100_SUPERCLASSES, CIFAR_FS_SPLITS, FC100_SPLITS, load_cifar10,
-                             load_cifar100, load_cifar_fs, load_fc100, load_miniimagenet)
+from groundwork.data import (
+    CIFAR100_SUPERCLASSES,
+    CIFAR_FS_SPLITS,
+    FC100_SPLITS,
+    load_cifar10,
+    load_cifar100,
+    load_cifar_fs,
+    load_fc100,
+    load_miniimagenet,
+)
 from groundwork.data import miniimagenet as miniimagenet_module
 
 # ---------------------------------------------------------------- Python 2 pickles
@@ -35,13 +43,37 @@ def _py2_int(value: int) -> bytes:
 def _py2_array(array: np.ndarray) -> bytes:
   array = np.ascontiguousarray(array)
   assert array.dtype == np.uint8
-  dtype = (b'cnumpy\ndtype\n' + _py2_str(b'u1') + _py2_int(0) + _py2_int(1) + b'\x87R'
-           + b'(' + _py2_int(3) + _py2_str(b'|') + b'NNN' + b'J\xff\xff\xff\xff' * 2
-           + _py2_int(0) + b'tb')
+  dtype = (
+      b'cnumpy\ndtype\n'
+      + _py2_str(b'u1')
+      + _py2_int(0)
+      + _py2_int(1)
+      + b'\x87R'
+      + b'('
+      + _py2_int(3)
+      + _py2_str(b'|')
+      + b'NNN'
+      + b'J\xff\xff\xff\xff' * 2
+      + _py2_int(0)
+      + b'tb'
+  )
   shape = b'(' + b''.join(_py2_int(d) for d in array.shape) + b't'
-  return (b'cnumpy.core.multiarray\n_reconstruct\n' + b'cnumpy\nndarray\n'
-          + b'(' + _py2_int(0) + b't' + _py2_str(b'b') + b'\x87R'
-          + b'(' + _py2_int(1) + shape + dtype + b'\x89' + _py2_str(array.tobytes()) + b'tb')
+  return (
+      b'cnumpy.core.multiarray\n_reconstruct\n'
+      + b'cnumpy\nndarray\n'
+      + b'('
+      + _py2_int(0)
+      + b't'
+      + _py2_str(b'b')
+      + b'\x87R'
+      + b'('
+      + _py2_int(1)
+      + shape
+      + dtype
+      + b'\x89'
+      + _py2_str(array.tobytes())
+      + b'tb'
+  )
 
 
 def _py2_object(obj) -> bytes:
@@ -74,6 +106,7 @@ def test_py2_fixture_needs_latin1():
 
 # ---------------------------------------------------------------- miniImageNet
 
+
 def _mini_images(n: int, seed: int) -> np.ndarray:
   return np.random.default_rng(seed).integers(0, 256, (n, 84, 84, 3), dtype=np.uint8)
 
@@ -85,18 +118,26 @@ def _write_gidaris(data_dir: Path, split_name: str, images, labels, catname2labe
 
 def test_miniimagenet_gidaris_pickle_round_trip_and_cache(tmp_path, monkeypatch):
   images = _mini_images(6, 0)
-  _write_gidaris(tmp_path, 'val', images, [70, 64, 70, 64, 65, 65],
-                 {'n03535780': 64, 'n02981792': 65, 'n09256479': 70})
+  _write_gidaris(
+      tmp_path,
+      'val',
+      images,
+      [70, 64, 70, 64, 65, 65],
+      {'n03535780': 64, 'n02981792': 65, 'n09256479': 70},
+  )
   dataset = load_miniimagenet(tmp_path, 'val')
   np.testing.assert_array_equal(dataset.images, images)
   np.testing.assert_array_equal(dataset.labels, [2, 0, 2, 0, 1, 1])
   assert dataset.class_names == ['n03535780', 'n02981792', 'n09256479']
   assert sorted(p.name for p in (tmp_path / 'groundwork_cache').iterdir()) == [
-      'miniimagenet_val_pickle.images.npy', 'miniimagenet_val_pickle.json',
-      'miniimagenet_val_pickle.labels.npy']
+      'miniimagenet_val_pickle.images.npy',
+      'miniimagenet_val_pickle.json',
+      'miniimagenet_val_pickle.labels.npy',
+  ]
 
   def no_decoding(path):
     raise AssertionError(f'{path} decoded although the cache is valid')
+
   monkeypatch.setattr(miniimagenet_module, '_read_gidaris', no_decoding)
   cached = load_miniimagenet(tmp_path, 'val')
   np.testing.assert_array_equal(cached.images, images)
@@ -128,15 +169,19 @@ def _write_csv_split(data_dir: Path, rows, colours):
   (data_dir / 'images').mkdir(exist_ok=True)
   for (filename, _), colour in zip(rows, colours):
     # Not 84x84, so the loader's resize runs; a flat colour survives JPEG and resizing.
-    Image.new('RGB', (100, 90), tuple(colour)).save(data_dir / 'images' / filename, 'JPEG',
-                                                     quality=95)
+    Image.new('RGB', (100, 90), tuple(colour)).save(
+        data_dir / 'images' / filename, 'JPEG', quality=95
+    )
   lines = ['filename,label'] + [f'{f},{label}' for f, label in rows]
   (data_dir / 'train.csv').write_text('\n'.join(lines) + '\n')
 
 
 def test_miniimagenet_csv_resized_and_cached(tmp_path):
-  rows = [('n0153282900000005.jpg', 'n01532829'), ('n0153282900000006.jpg', 'n01532829'),
-          ('n0155887100000001.jpg', 'n01558993')]
+  rows = [
+      ('n0153282900000005.jpg', 'n01532829'),
+      ('n0153282900000006.jpg', 'n01532829'),
+      ('n0155887100000001.jpg', 'n01558993'),
+  ]
   colours = [(200, 30, 10), (20, 220, 40), (15, 25, 230)]
   _write_csv_split(tmp_path, rows, colours)
   dataset = load_miniimagenet(tmp_path, 'train')
@@ -159,8 +204,9 @@ def test_miniimagenet_truncated_pickle_names_file_and_caches_nothing(tmp_path):
   _write_gidaris(tmp_path, 'test', _mini_images(4, 4), [0, 1, 0, 1], {})
   path = tmp_path / 'miniImageNet_category_split_test.pickle'
   path.write_bytes(path.read_bytes()[:20000])
-  with pytest.raises(ValueError,
-                     match=r'split_test\.pickle: the pickle ends early; the file is truncated'):
+  with pytest.raises(
+      ValueError, match=r'split_test\.pickle: the pickle ends early; the file is truncated'
+  ):
     load_miniimagenet(tmp_path, 'test')
   assert not (tmp_path / 'groundwork_cache').exists()
 
@@ -168,8 +214,11 @@ def test_miniimagenet_truncated_pickle_names_file_and_caches_nothing(tmp_path):
 def test_miniimagenet_wrong_shape_and_garbage_are_reported(tmp_path):
   content = {'data': np.zeros((2, 32, 32, 3), np.uint8), 'labels': [0, 1]}
   (tmp_path / 'miniImageNet_category_split_val.pickle').write_bytes(py2_pickle(content))
-  with pytest.raises(ValueError, match=r'split_val\.pickle \["data"\]: expected uint8 images '
-                                       r'of shape Nx84x84x3, found uint8 \(2, 32, 32, 3\)'):
+  with pytest.raises(
+      ValueError,
+      match=r'split_val\.pickle \["data"\]: expected uint8 images '
+      r'of shape Nx84x84x3, found uint8 \(2, 32, 32, 3\)',
+  ):
     load_miniimagenet(tmp_path, 'val')
   (tmp_path / 'mini-imagenet-cache-test.pkl').write_bytes(b'this is not a pickle at all')
   with pytest.raises(ValueError, match=r'cache-test\.pkl: not a readable pickle'):
@@ -187,8 +236,10 @@ def test_miniimagenet_corrupt_jpeg_names_image_and_caches_nothing(tmp_path):
 
 
 def test_miniimagenet_missing_split_lists_the_three_formats(tmp_path):
-  with pytest.raises(FileNotFoundError, match='miniImageNet_category_split_val.pickle.*'
-                     'mini-imagenet-cache-val.pkl.*val.csv'):
+  with pytest.raises(
+      FileNotFoundError,
+      match='miniImageNet_category_split_val.pickle.*' 'mini-imagenet-cache-val.pkl.*val.csv',
+  ):
     load_miniimagenet(tmp_path, 'val')
   with pytest.raises(ValueError, match='unknown'):
     load_miniimagenet(tmp_path, 'validation')
@@ -196,8 +247,18 @@ def test_miniimagenet_missing_split_lists_the_three_formats(tmp_path):
 
 # ---------------------------------------------------------------- CIFAR
 
-CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse',
-                 'ship', 'truck']
+CIFAR10_NAMES = [
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+]
 
 
 def _cifar_rows(n: int, seed: int) -> np.ndarray:
@@ -209,11 +270,19 @@ def _write_cifar10(root: Path) -> tuple[np.ndarray, list[int]]:
   folder.mkdir(parents=True)
   rows, labels = _cifar_rows(13, 5), [i % 10 for i in range(13)]
   for b in range(5):
-    batch = {'batch_label': f'training batch {b + 1} of 5', 'labels': labels[2 * b:2 * b + 2],
-             'data': rows[2 * b:2 * b + 2], 'filenames': ['x.png', 'y.png']}
+    batch = {
+        'batch_label': f'training batch {b + 1} of 5',
+        'labels': labels[2 * b : 2 * b + 2],
+        'data': rows[2 * b : 2 * b + 2],
+        'filenames': ['x.png', 'y.png'],
+    }
     (folder / f'data_batch_{b + 1}').write_bytes(py2_pickle(batch))
-  test = {'batch_label': 'testing batch 1 of 1', 'labels': labels[10:], 'data': rows[10:],
-          'filenames': ['t1.png', 't2.png', 't3.png']}
+  test = {
+      'batch_label': 'testing batch 1 of 1',
+      'labels': labels[10:],
+      'data': rows[10:],
+      'filenames': ['t1.png', 't2.png', 't3.png'],
+  }
   (folder / 'test_batch').write_bytes(py2_pickle(test))
   meta = {'label_names': CIFAR10_NAMES, 'num_cases_per_batch': 10000, 'num_vis': 3072}
   (folder / 'batches.meta').write_bytes(py2_pickle(meta))
@@ -238,8 +307,9 @@ def test_cifar10_folder_and_tarball_agree(tmp_path):
   assert test.filenames[0] == '0_airplane.png'
   # The same data read straight from the published tarball.
   (tmp_path / 'tar').mkdir()
-  _tar_gz(tmp_path / 'extracted' / 'cifar-10-batches-py',
-          tmp_path / 'tar' / 'cifar-10-python.tar.gz')
+  _tar_gz(
+      tmp_path / 'extracted' / 'cifar-10-batches-py', tmp_path / 'tar' / 'cifar-10-python.tar.gz'
+  )
   from_tar, _ = load_cifar10(tmp_path / 'tar')
   np.testing.assert_array_equal(from_tar.images, train.images)
   assert from_tar.filenames == train.filenames
@@ -252,15 +322,16 @@ def test_cifar10_bad_inputs_name_the_file(tmp_path):
   _write_cifar10(tmp_path / 'x')
   tarball = tmp_path / 'cifar-10-python.tar.gz'
   _tar_gz(tmp_path / 'x' / 'cifar-10-batches-py', tarball)
-  tarball.write_bytes(tarball.read_bytes()[:len(tarball.read_bytes()) // 2])
+  tarball.write_bytes(tarball.read_bytes()[: len(tarball.read_bytes()) // 2])
   with pytest.raises(ValueError, match=r'cifar-10-python\.tar\.gz.*truncated'):
     load_cifar10(tmp_path)
   folder = tmp_path / 'x' / 'cifar-10-batches-py'
   (folder / 'data_batch_3').write_bytes(b'\x80\x02}q\x00(U\x04data')
   with pytest.raises(ValueError, match=r'data_batch_3: the pickle ends early'):
     load_cifar10(folder)
-  (folder / 'data_batch_3').write_bytes(py2_pickle({'data': np.zeros((2, 1024), np.uint8),
-                                                    'labels': [0, 1]}))
+  (folder / 'data_batch_3').write_bytes(
+      py2_pickle({'data': np.zeros((2, 1024), np.uint8), 'labels': [0, 1]})
+  )
   with pytest.raises(ValueError, match=r'data_batch_3: "data" must be uint8 \[N, 3072\]'):
     load_cifar10(folder)
   with pytest.raises(FileNotFoundError, match='cifar-10-python.tar.gz'):
@@ -274,12 +345,17 @@ def _cifar100_fixture(root: Path) -> list[str]:
   folder = root / 'cifar-100-python'
   folder.mkdir(parents=True)
   for part, seed in (('train', 6), ('test', 7)):
-    content = {'filenames': [f'{n}.png' for n in fine], 'batch_label': part,
-               'fine_labels': list(range(100)), 'coarse_labels': [coarse_of[f] for f in fine],
-               'data': _cifar_rows(100, seed)}
+    content = {
+        'filenames': [f'{n}.png' for n in fine],
+        'batch_label': part,
+        'fine_labels': list(range(100)),
+        'coarse_labels': [coarse_of[f] for f in fine],
+        'data': _cifar_rows(100, seed),
+    }
     (folder / part).write_bytes(py2_pickle(content))
-  (folder / 'meta').write_bytes(py2_pickle({'fine_label_names': fine,
-                                            'coarse_label_names': coarse}))
+  (folder / 'meta').write_bytes(
+      py2_pickle({'fine_label_names': fine, 'coarse_label_names': coarse})
+  )
   _tar_gz(folder, root / 'cifar-100-python.tar.gz')
   return fine
 
@@ -304,8 +380,9 @@ def test_cifar100_and_few_shot_splits_from_tarball(tmp_path):
   assert fs_test.class_names == sorted(CIFAR_FS_SPLITS['test'])
   assert len(fs_test) == 40 and np.all(np.bincount(fs_test.labels) == 2)
   whale = fs_test.class_names.index('whale')
-  np.testing.assert_array_equal(fs_test.images[fs_test.labels == whale][0],
-                                train.images[fine.index('whale')])
+  np.testing.assert_array_equal(
+      fs_test.images[fs_test.labels == whale][0], train.images[fine.index('whale')]
+  )
   fc_val = load_fc100(tmp_path / 'data', 'val')
   assert fc_val.num_classes == 20 and 'hamster' in fc_val.class_names
   assert 'whale' not in fc_val.class_names

@@ -7,12 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from groundwork.data import (OMNIGLOT_FILES, lake_error_rate, load_lake_runs, load_omniglot,
-                             omniglot_alphabet_of, omniglot_file)
+from groundwork.data import (
+    OMNIGLOT_FILES,
+    lake_error_rate,
+    load_lake_runs,
+    load_omniglot,
+    omniglot_alphabet_of,
+    omniglot_file,
+)
 from groundwork.data import omniglot as omniglot_module
 
-OMNIGLOT_DIR = Path(os.environ.get(
-    'OMNIGLOT_DIR', Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'omniglot'))
+OMNIGLOT_DIR = Path(
+    os.environ.get(
+        'OMNIGLOT_DIR', Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'omniglot'
+    )
+)
 SMALL1, SMALL2 = 'images_background_small1.zip', 'images_background_small2.zip'
 
 
@@ -21,8 +30,10 @@ def data_dir() -> Path:
   needed = [SMALL1, SMALL2, 'all_runs.zip']
   missing = [f for f in needed if not (OMNIGLOT_DIR / f).is_file()]
   if missing:
-    pytest.skip(f'Omniglot files {missing} not in {OMNIGLOT_DIR}; set OMNIGLOT_DIR to the '
-                f'directory holding the official zips.')
+    pytest.skip(
+        f'Omniglot files {missing} not in {OMNIGLOT_DIR}; set OMNIGLOT_DIR to the '
+        f'directory holding the official zips.'
+    )
   return OMNIGLOT_DIR
 
 
@@ -94,8 +105,9 @@ def test_missing_file_names_file_directory_and_url(tmp_path):
     load_omniglot(tmp_path, ['images_evaluation'], download=False)
   message = str(error.value)
   assert 'images_evaluation.zip' in message and str(tmp_path) in message
-  assert ('https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip'
-          in message)
+  assert (
+      'https://github.com/brendenlake/omniglot/raw/master/python/images_evaluation.zip' in message
+  )
 
 
 def test_download_checks_sha256(data_dir, tmp_path, monkeypatch):
@@ -121,21 +133,25 @@ def test_corrupt_member_is_reported(data_dir, tmp_path):
   with zipfile.ZipFile(data_dir / SMALL1) as archive:
     info = next(i for i in archive.infolist() if i.filename.endswith('0108_01.png'))
   start = info.header_offset + 30 + len(info.filename.encode()) + 40
-  raw[start:start + 16] = bytes(16)
+  raw[start : start + 16] = bytes(16)
   (tmp_path / SMALL1).write_bytes(bytes(raw))
-  with pytest.raises(ValueError,
-                     match=r'member .*Balinese/character01/0108_01\.png cannot be read'):
+  with pytest.raises(
+      ValueError, match=r'member .*Balinese/character01/0108_01\.png cannot be read'
+  ):
     load_omniglot(tmp_path, [SMALL1], download=False)
 
 
 def test_lake_labels_must_match_the_runs(data_dir, tmp_path):
-  with zipfile.ZipFile(data_dir / 'all_runs.zip') as source, \
-       zipfile.ZipFile(tmp_path / 'all_runs.zip', 'w') as target:
+  with (
+      zipfile.ZipFile(data_dir / 'all_runs.zip') as source,
+      zipfile.ZipFile(tmp_path / 'all_runs.zip', 'w') as target,
+  ):
     for info in source.infolist():
       data = source.read(info)
       if info.filename == 'run05/class_labels.txt':
         data = data.replace(b'run05/training/class03.png', b'run05/training/class33.png', 1)
       target.writestr(info, data)
-  with pytest.raises(ValueError,
-                     match=r"run05/class_labels.txt names training images \['class33.png'\]"):
+  with pytest.raises(
+      ValueError, match=r"run05/class_labels.txt names training images \['class33.png'\]"
+  ):
     load_lake_runs(tmp_path, download=False)

@@ -6,21 +6,37 @@ import jax
 import numpy as np
 import pytest
 
-from groundwork.data import (Episodes, balanced_labeled_indices, episode_batches, make_episodes,
-                             prefetch_to_device, read_reference_labels, two_stream_batches)
+from groundwork.data import (
+    Episodes,
+    balanced_labeled_indices,
+    episode_batches,
+    make_episodes,
+    prefetch_to_device,
+    read_reference_labels,
+    two_stream_batches,
+)
 
 # 6 classes; class c holds 10 + c images, interleaved.
 LABELS = np.concatenate([np.full(10 + c, c) for c in range(6)])[
-    np.random.default_rng(0).permutation(75)]
+    np.random.default_rng(0).permutation(75)
+]
 
 
 # ---------------------------------------------------------------- episodes
 
+
 def test_episode_properties():
   episodes = make_episodes(LABELS, n_way=4, k_shot=2, n_query=3, num_episodes=50, seed=1)
   assert episodes.support_idx.shape == (50, 8) and episodes.query_idx.shape == (50, 12)
-  assert all(a.dtype == np.int32 for a in (episodes.support_idx, episodes.query_idx,
-                                            episodes.support_labels, episodes.query_labels))
+  assert all(
+      a.dtype == np.int32
+      for a in (
+          episodes.support_idx,
+          episodes.query_idx,
+          episodes.support_labels,
+          episodes.query_labels,
+      )
+  )
   np.testing.assert_array_equal(episodes.support_labels[7], [0, 0, 1, 1, 2, 2, 3, 3])
   np.testing.assert_array_equal(episodes.query_labels[7], np.repeat(np.arange(4), 3))
   for e in range(50):
@@ -52,8 +68,10 @@ def test_episodes_are_determined_by_the_seed(tmp_path):
 
 
 def test_episode_errors_name_the_class():
-  with pytest.raises(ValueError, match=r"Class 'c0' \(label 0\) has 10 images but k_shot \+ "
-                                       r"n_query = 5 \+ 6 = 11"):
+  with pytest.raises(
+      ValueError,
+      match=r"Class 'c0' \(label 0\) has 10 images but k_shot \+ " r'n_query = 5 \+ 6 = 11',
+  ):
     make_episodes(LABELS, 3, 5, 6, 1, seed=0, class_names=[f'c{i}' for i in range(6)])
   with pytest.raises(ValueError, match='7-way episodes need 7 classes; the data has 6'):
     make_episodes(LABELS, 7, 1, 1, 1, seed=0)
@@ -70,6 +88,7 @@ def test_episode_batches_gather_images_on_device():
 
 
 # ---------------------------------------------------------------- balanced labels
+
 
 def test_balanced_labeled_indices():
   chosen = balanced_labeled_indices(LABELS, 24, seed=3)
@@ -96,20 +115,29 @@ def test_read_reference_labels(tmp_path):
   path = tmp_path / '6_balanced_labels' / '00.txt'
   path.parent.mkdir()
   path.write_text('4_dog.png dog\n0_cat.png cat\n\n8_frog.png frog\n')
-  indices, labels = read_reference_labels(path, FILENAMES, NAMES,
-                                          labels=np.arange(9, dtype=np.int32) % 3)
+  indices, labels = read_reference_labels(
+      path, FILENAMES, NAMES, labels=np.arange(9, dtype=np.int32) % 3
+  )
   np.testing.assert_array_equal(indices, [4, 0, 8])
   np.testing.assert_array_equal(labels, [1, 0, 2])
 
 
-@pytest.mark.parametrize('content, message', [
-    ('4_dog.png dog\n99_cat.png cat\n',
-     r"00\.txt, line 2: file '99_cat\.png' is not in the dataset"),
-    ('4_dog.png wolf\n', r"00\.txt, line 1: class 'wolf' is not one of the dataset's 3 classes"),
-    ('4_dog.png cat\n', r"file '4_dog\.png' is labelled 'cat' here but 'dog' in the dataset"),
-    ('4_dog.png dog\n4_dog.png dog\n', r"line 2: file '4_dog\.png' is listed twice"),
-    ('4_dog.png\n', r'line 1: expected "filename classname"'),
-])
+@pytest.mark.parametrize(
+    'content, message',
+    [
+        (
+            '4_dog.png dog\n99_cat.png cat\n',
+            r"00\.txt, line 2: file '99_cat\.png' is not in the dataset",
+        ),
+        (
+            '4_dog.png wolf\n',
+            r"00\.txt, line 1: class 'wolf' is not one of the dataset's 3 classes",
+        ),
+        ('4_dog.png cat\n', r"file '4_dog\.png' is labelled 'cat' here but 'dog' in the dataset"),
+        ('4_dog.png dog\n4_dog.png dog\n', r"line 2: file '4_dog\.png' is listed twice"),
+        ('4_dog.png\n', r'line 1: expected "filename classname"'),
+    ],
+)
 def test_reference_label_errors(tmp_path, content, message):
   path = tmp_path / '00.txt'
   path.write_text(content)
@@ -119,10 +147,12 @@ def test_reference_label_errors(tmp_path, content, message):
 
 # ---------------------------------------------------------------- two-stream batches
 
+
 def test_two_stream_batches():
   unlabeled, labeled = np.arange(100, 123), np.arange(5)
-  batches = two_stream_batches(unlabeled, labeled, batch_size=7, labeled_batch_size=2,
-                               seed=0, epoch=0)
+  batches = two_stream_batches(
+      unlabeled, labeled, batch_size=7, labeled_batch_size=2, seed=0, epoch=0
+  )
   assert batches.shape == (4, 7)  # 23 unlabelled // 5 per batch; the rest is dropped.
   unlabeled_part, labeled_part = batches[:, :5].ravel(), batches[:, 5:].ravel()
   assert len(set(unlabeled_part)) == 20 and set(unlabeled_part) <= set(unlabeled)
@@ -132,14 +162,16 @@ def test_two_stream_batches():
   np.testing.assert_array_equal(batches, again)
   next_epoch = two_stream_batches(unlabeled, labeled, 7, 2, seed=0, epoch=1)
   assert not np.array_equal(batches, next_epoch)
-  with pytest.raises(ValueError, match='labeled_batch_size=7 must lie strictly between 0 and '
-                                       'batch_size=7'):
+  with pytest.raises(
+      ValueError, match='labeled_batch_size=7 must lie strictly between 0 and ' 'batch_size=7'
+  ):
     two_stream_batches(unlabeled, labeled, 7, 7, seed=0, epoch=0)
   with pytest.raises(ValueError, match='23 unlabelled indices do not fill one batch of 30'):
     two_stream_batches(unlabeled, labeled, 32, 2, seed=0, epoch=0)
 
 
 # ---------------------------------------------------------------- prefetch
+
 
 def test_prefetch_keeps_order_and_puts_on_device():
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -153,18 +185,21 @@ def test_prefetch_reraises_and_stops_early():
   def failing():
     yield np.zeros(2)
     raise RuntimeError('reader broke')
+
   stream = prefetch_to_device(failing())
   next(stream)
   with pytest.raises(RuntimeError, match='reader broke'):
     next(stream)
 
   produced = []
+
   def endless():
     i = 0
     while True:
       produced.append(i)
       yield np.array([i])
       i += 1
+
   stream = prefetch_to_device(endless(), size=2)
   assert int(next(stream)[0]) == 0
   stream.close()  # Stops the producer thread, which was at most size + 2 batches ahead.

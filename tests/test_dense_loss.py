@@ -1,4 +1,5 @@
 """Dense and GAP losses against hand computations; the cosine classifier."""
+
 import math
 
 import jax
@@ -16,20 +17,29 @@ def _ce(logits, label):
 
 def test_dense_loss_equals_hand_computation_on_2x2_map():
   # Image 0 (label 1) and image 1 (label 0), 2x2 positions, 2 classes.
-  logits = np.array([[[[1.0, 2.0], [0.0, 0.0]], [[3.0, -1.0], [0.5, 0.25]]],
-                     [[[2.0, 0.0], [1.0, 1.0]], [[-2.0, 1.0], [0.0, 4.0]]]], np.float32)
+  logits = np.array(
+      [
+          [[[1.0, 2.0], [0.0, 0.0]], [[3.0, -1.0], [0.5, 0.25]]],
+          [[[2.0, 0.0], [1.0, 1.0]], [[-2.0, 1.0], [0.0, 4.0]]],
+      ],
+      np.float32,
+  )
   labels = np.array([1, 0])
   terms = [_ce(logits[b, i, j], labels[b]) for b in range(2) for i in range(2) for j in range(2)]
   expected = sum(terms) / 8
   # e.g. first term: log(e^1 + e^2) - 2 = 0.31326.
   assert terms[0] == pytest.approx(0.3132617, abs=1e-6)
-  assert float(dense_loss(jnp.asarray(logits), jnp.asarray(labels))) == pytest.approx(expected, rel=1e-6)
+  assert float(dense_loss(jnp.asarray(logits), jnp.asarray(labels))) == pytest.approx(
+      expected, rel=1e-6
+  )
 
 
 def test_gap_loss_equals_hand_computation():
   logits = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0]], np.float32)
   expected = (_ce(logits[0], 2) + _ce(logits[1], 0)) / 2  # (0.40761 + log 3) / 2
-  assert float(gap_loss(jnp.asarray(logits), jnp.array([2, 0]))) == pytest.approx(expected, rel=1e-6)
+  assert float(gap_loss(jnp.asarray(logits), jnp.array([2, 0]))) == pytest.approx(
+      expected, rel=1e-6
+  )
 
 
 def test_dense_equals_gap_on_1x1_map():

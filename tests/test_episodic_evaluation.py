@@ -1,4 +1,5 @@
 """Episodic accuracy on hand-built episodes, the CI summary and Lake's one-shot protocol."""
+
 import math
 import types
 
@@ -6,31 +7,50 @@ import numpy as np
 import pytest
 
 from fsl.episodic_evaluation import (
-    embed_in_batches, episode_accuracies, lake_oneshot_error, summarize)
+    embed_in_batches,
+    episode_accuracies,
+    lake_oneshot_error,
+    summarize,
+)
 
 # Dataset of 6 points in 2-D: 0-2 near the x-axis (class A), 3-5 near the y-axis (class B),
 # except point 2 which sits near the y-axis although it belongs to class A.
-FEATURES = np.array([[1.0, 0.1], [2.0, -0.1], [0.2, 1.0], [0.1, 1.0], [-0.1, 3.0], [0.0, 1.0]],
-                    np.float32)
+FEATURES = np.array(
+    [[1.0, 0.1], [2.0, -0.1], [0.2, 1.0], [0.1, 1.0], [-0.1, 3.0], [0.0, 1.0]], np.float32
+)
 
 
 def _episodes(support, query, support_labels, query_labels):
-  return types.SimpleNamespace(**{k: np.asarray(v, np.int32) for k, v in dict(
-      support_idx=support, query_idx=query, support_labels=support_labels,
-      query_labels=query_labels).items()})
+  return types.SimpleNamespace(
+      **{
+          k: np.asarray(v, np.int32)
+          for k, v in dict(
+              support_idx=support,
+              query_idx=query,
+              support_labels=support_labels,
+              query_labels=query_labels,
+          ).items()
+      }
+  )
 
 
 # Episode 0: supports 0 (A) and 3 (B); queries 1 (A, right) and 4 (B, right) -> 1.0.
 # Episode 1: supports 1 (A) and 5 (B); queries 2 (A, goes to B) and 3 (B, right) -> 0.5.
 # Episode 2: classes swapped: supports 4 (label 0 = B) and 0 (label 1 = A); query 2 (A) -> 0.0,
 #            query 5 (B) -> 1.0; -> 0.5.
-EPISODES = _episodes([[0, 3], [1, 5], [4, 0]], [[1, 4], [2, 3], [2, 5]],
-                     [[0, 1], [0, 1], [0, 1]], [[0, 1], [0, 1], [1, 0]])
+EPISODES = _episodes(
+    [[0, 3], [1, 5], [4, 0]],
+    [[1, 4], [2, 3], [2, 5]],
+    [[0, 1], [0, 1], [0, 1]],
+    [[0, 1], [0, 1], [1, 0]],
+)
 
 
 def test_episode_accuracies_match_hand_counts_and_batching():
   calls = []
-  acc = episode_accuracies(FEATURES, EPISODES, batch_size=2, progress=lambda d, t: calls.append((d, t)))
+  acc = episode_accuracies(
+      FEATURES, EPISODES, batch_size=2, progress=lambda d, t: calls.append((d, t))
+  )
   np.testing.assert_allclose(acc, [1.0, 0.5, 0.5])
   assert calls == [(2, 3), (3, 3)]
   np.testing.assert_allclose(episode_accuracies(FEATURES, EPISODES, batch_size=3), acc)
@@ -49,8 +69,11 @@ def test_dense_scoring_uses_maps():
 def test_summary_is_mean_and_ci95():
   summary = summarize(np.array([1.0, 0.5, 0.5]))
   std = math.sqrt(((1 - 2 / 3) ** 2 + 2 * (0.5 - 2 / 3) ** 2) / 3)
-  assert summary == {'accuracy': pytest.approx(2 / 3), 'ci95': pytest.approx(1.96 * std / math.sqrt(3)),
-                     'episodes': 3}
+  assert summary == {
+      'accuracy': pytest.approx(2 / 3),
+      'ci95': pytest.approx(1.96 * std / math.sqrt(3)),
+      'episodes': 3,
+  }
 
 
 def test_bad_inputs_name_the_problem():
@@ -78,9 +101,11 @@ def test_lake_error_counts_wrong_items():
   # "Images" are 1x1x2 pixels; the embedding flattens them. Training image i points at angle i.
   angles = np.linspace(0, np.pi / 2, 3)
   train = np.stack([np.cos(angles), np.sin(angles)], axis=-1).reshape(3, 1, 1, 2)
-  run_right = types.SimpleNamespace(train_images=train, test_images=train[::-1] * 2,
-                                    test_targets=np.array([2, 1, 0]))
-  run_one_wrong = types.SimpleNamespace(train_images=train, test_images=train,
-                                        test_targets=np.array([0, 2, 2]))
+  run_right = types.SimpleNamespace(
+      train_images=train, test_images=train[::-1] * 2, test_targets=np.array([2, 1, 0])
+  )
+  run_one_wrong = types.SimpleNamespace(
+      train_images=train, test_images=train, test_targets=np.array([0, 2, 2])
+  )
   result = lake_oneshot_error(lambda x: x.reshape(len(x), -1), [run_right, run_one_wrong])
   assert result == {'error': pytest.approx(1 / 6), 'items': 6}

@@ -1,4 +1,5 @@
 """The few-shot trainer: smoke run end to end, one compile, 1 vs 4 devices, bad input."""
+
 import functools
 import json
 import os
@@ -19,12 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OMNIGLOT_DIR = os.environ.get('OMNIGLOT_DIR', str(ROOT.parent / 'shared' / 'data' / 'omniglot'))
 needs_omniglot = pytest.mark.skipif(
     not os.path.exists(os.path.join(OMNIGLOT_DIR, 'images_background_small1.zip')),
-    reason=f'Omniglot zips not found in {OMNIGLOT_DIR} (set OMNIGLOT_DIR)')
+    reason=f'Omniglot zips not found in {OMNIGLOT_DIR} (set OMNIGLOT_DIR)',
+)
 
 
 def _config(arg='smoke', **overrides):
   sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
   import dense_classification  # pylint: disable=import-outside-toplevel
+
   config = dense_classification.get_config(arg)
   config.data_dir = OMNIGLOT_DIR
   config.update_from_flattened_dict(overrides)
@@ -38,8 +41,7 @@ def _tiny_state(config, num_classes=5, image_shape=(28, 28, 1)):
 
 
 def _batch(n=8, classes=5):
-  images = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (n, 28, 28, 1), 0, 256),
-                      np.uint8)
+  images = np.asarray(jax.random.randint(jax.random.PRNGKey(3), (n, 28, 28, 1), 0, 256), np.uint8)
   return images, np.arange(n, dtype=np.int32) % classes
 
 
@@ -51,8 +53,9 @@ def test_train_step_compiles_once():
     traces.append(1)
     return fsl_train.train_step(*args, **kw)
 
-  step = jax.jit(functools.partial(counted, head='dc',
-                                   augment_spec=fsl_train.train_augmentation(config)))
+  step = jax.jit(
+      functools.partial(counted, head='dc', augment_spec=fsl_train.train_augmentation(config))
+  )
   state = _tiny_state(config)
   images, labels = _batch()
   losses = []
@@ -67,13 +70,16 @@ def test_gap_and_dc_heads_give_pooled_and_dense_logits():
   for head, rank in (('gap', 2), ('dc', 4)):
     config = _config(head=head)
     state = _tiny_state(config)
-    logits, out = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats},
-                                 jnp.zeros((2, 28, 28, 1)), train=False)
+    logits, out = state.apply_fn(
+        {'params': state.params, 'batch_stats': state.batch_stats},
+        jnp.zeros((2, 28, 28, 1)),
+        train=False,
+    )
     assert logits.ndim == rank and logits.shape[-1] == 5
     assert out['feature_map'].shape[1:3] == (7, 7)  # Conv-4 with two pooled blocks.
 
 
-FOUR_DEVICES = r'''
+FOUR_DEVICES = r"""
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"  # Four fake CPU devices, also on a one-GPU machine.
@@ -95,12 +101,13 @@ for devices in (1, 4):
   _, metrics = step(training.replicate(state, mesh), *batch, training.step_rng(0, 0))
   losses.append(float(metrics["loss"]))
 print(len(jax.devices()), losses[0], losses[1])
-'''
+"""
 
 
 def test_one_and_four_devices_give_the_same_loss():
-  out = subprocess.run([sys.executable, '-c', FOUR_DEVICES, str(ROOT)], capture_output=True,
-                       text=True, cwd=ROOT)
+  out = subprocess.run(
+      [sys.executable, '-c', FOUR_DEVICES, str(ROOT)], capture_output=True, text=True, cwd=ROOT
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   count, one, four = out.stdout.split()[-3:]
   assert int(count) == 4
@@ -156,20 +163,23 @@ def test_gap_smoke_run_returns_what_it_writes(tmp_path):
 def test_implanting_smoke_run_on_the_dc_workdir(dc_smoke_workdir, tmp_path):
   sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
   import implanting  # pylint: disable=import-outside-toplevel
+
   config = implanting.get_config('smoke')
   config.base_workdir = str(dc_smoke_workdir)
   results = fsl_train_implanting.train_and_evaluate(config, str(tmp_path))
   written = _check_fewshot_results(tmp_path, (5,), 8)
   assert written == json.loads(json.dumps(results))
   dc, imp = written['dc_same_episodes']['5way_5shot'], written['fewshot']['5way_5shot']
-  np.testing.assert_allclose(written['paired_gain']['5way_5shot']['accuracy'],
-                             imp['accuracy'] - dc['accuracy'], atol=1e-6)
+  np.testing.assert_allclose(
+      written['paired_gain']['5way_5shot']['accuracy'], imp['accuracy'] - dc['accuracy'], atol=1e-6
+  )
 
 
 @needs_omniglot
 def test_implanting_a_missing_layer_is_an_error(dc_smoke_workdir, tmp_path):
   sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
   import implanting  # pylint: disable=import-outside-toplevel
+
   config = implanting.get_config('smoke')
   config.base_workdir = str(dc_smoke_workdir)
   config.implant.layers = ('conv7',)

@@ -1,4 +1,5 @@
 """Label propagation: kNN search, the graph operator, CG, certainty weights, the stage-2 loss."""
+
 import os
 import sys
 import types
@@ -32,9 +33,13 @@ def _reference_w(values, indices):
   """W as the reference builds it (scipy.sparse, float64): A + A^T with repeated entries
   summed, `normalize_connection_graph` (diagonal removed, D^-1/2 with inf and NaN at 0)."""
   n, k = indices.shape
-  a = scipy.sparse.csr_matrix((np.asarray(values, np.float64).ravel(),
-                               (np.repeat(np.arange(n), k), np.asarray(indices).ravel())),
-                              shape=(n, n))
+  a = scipy.sparse.csr_matrix(
+      (
+          np.asarray(values, np.float64).ravel(),
+          (np.repeat(np.arange(n), k), np.asarray(indices).ravel()),
+      ),
+      shape=(n, n),
+  )
   w = a + a.T
   w = w - scipy.sparse.diags(w.diagonal())
   with np.errstate(divide='ignore', invalid='ignore'):
@@ -43,8 +48,9 @@ def _reference_w(values, indices):
   return (scipy.sparse.diags(scale) @ w @ scipy.sparse.diags(scale)).toarray()
 
 
-def _reference_update_plabels(sims, idx, labels, mask, num_classes, alpha=0.99, max_iter=20,
-                              gamma=3):
+def _reference_update_plabels(
+    sims, idx, labels, mask, num_classes, alpha=0.99, max_iter=20, gamma=3
+):
   """LP-DeepSSL's `update_plabels` from the kNN lists on: `D ** 3` unclipped, scipy's CG per
   class (float64), negatives to 0, L1 rows, `scipy.stats.entropy` weights, argmax, labeled
   overrides, class weights. Returns (scores, pseudo-labels, weights, class weights)."""
@@ -56,8 +62,13 @@ def _reference_update_plabels(sims, idx, labels, mask, num_classes, alpha=0.99, 
     members = labeled[labels[labeled] == c]
     qsim[c, members] = 1.0 / members.size
   system = scipy.sparse.eye(n) - alpha * wn
-  scores = np.stack([scipy.sparse.linalg.cg(system, qsim[c], rtol=1e-6, maxiter=max_iter)[0]
-                     for c in range(num_classes)], axis=1)
+  scores = np.stack(
+      [
+          scipy.sparse.linalg.cg(system, qsim[c], rtol=1e-6, maxiter=max_iter)[0]
+          for c in range(num_classes)
+      ],
+      axis=1,
+  )
   clipped = np.maximum(scores, 0)
   probs = clipped / np.maximum(clipped.sum(axis=1, keepdims=True), 1e-12)
   weights = 1 - scipy.stats.entropy(probs.T) / np.log(num_classes)
@@ -178,7 +189,7 @@ def test_cpu_engine_hands_the_package_l2_normalised_numpy(monkeypatch):
 
 
 def test_unknown_engine_names_the_config_field():
-  with pytest.raises(ValueError, match=r"kNN engine 'gpu' \(config.lp.knn_backend\) is not one"):
+  with pytest.raises(ValueError, match=r"kNN engine 'gpu' \(config.lp.knn_engine\) is not one"):
     knn_search(np.eye(3, dtype=np.float32), 1, engine='gpu')
 
 
@@ -189,8 +200,23 @@ def _hub_graph():
   """Lists of 12 nodes, k = 3: node 0 a hub listed by nodes 1-10; 1 and 2, 3 and 4 mutual
   pairs; 5 lists 7 twice (summed, as scipy's csr); 6 lists itself (dropped, as the
   reference removes the diagonal); 11 isolated (nobody lists it, its affinities are 0)."""
-  idx = np.array([[1, 2, 3], [0, 2, 4], [0, 1, 5], [0, 4, 6], [0, 3, 7], [0, 7, 7],
-                  [0, 6, 8], [0, 8, 9], [0, 9, 1], [0, 1, 2], [0, 3, 5], [0, 1, 2]], np.int32)
+  idx = np.array(
+      [
+          [1, 2, 3],
+          [0, 2, 4],
+          [0, 1, 5],
+          [0, 4, 6],
+          [0, 3, 7],
+          [0, 7, 7],
+          [0, 6, 8],
+          [0, 8, 9],
+          [0, 9, 1],
+          [0, 1, 2],
+          [0, 3, 5],
+          [0, 1, 2],
+      ],
+      np.int32,
+  )
   values = np.random.default_rng(0).uniform(0.1, 1.0, idx.shape).astype(np.float32)
   values[11] = 0.0
   return values, idx
@@ -215,13 +241,13 @@ def test_coo_graph_with_hub_pairs_repeats_self_edge_and_isolated_node():
   hub_degree = v[0].sum() + v[1:11, 0].sum() + v[11, 0]
   degree_1 = v[1].sum() + v[0, 0] + v[2, 1] + v[8, 2] + v[9, 1] + v[11, 1]
   degree_2 = v[2].sum() + v[0, 1] + v[1, 1] + v[9, 2] + v[11, 2]
-  np.testing.assert_allclose(np.asarray(graph.degree)[[0, 1, 2]], [hub_degree, degree_1, degree_2],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(graph.degree)[[0, 1, 2]], [hub_degree, degree_1, degree_2], rtol=1e-6
+  )
   np.testing.assert_allclose(w[1, 2], a12 / np.sqrt(degree_1 * degree_2), rtol=1e-6)
   degree_5 = v[5].sum() + v[2, 2] + v[10, 2]
   degree_7 = v[7].sum() + v[4, 2] + v[5, 1] + v[5, 2]
-  np.testing.assert_allclose(w[5, 7], (v[5, 1] + v[5, 2]) / np.sqrt(degree_5 * degree_7),
-                             rtol=1e-6)
+  np.testing.assert_allclose(w[5, 7], (v[5, 1] + v[5, 2]) / np.sqrt(degree_5 * degree_7), rtol=1e-6)
 
 
 @pytest.mark.parametrize('n,k,low', [(7, 3, 0.0), (300, 6, 0.0), (200, 5, -0.3)])
@@ -257,7 +283,8 @@ def test_graph_ops_picks_the_package_row_graph_and_propagation_uses_it(monkeypat
   calls = []
   row_graph = types.ModuleType('groundwork_cpu.row_graph')
   row_graph.build = lambda values, indices: calls.append('build') or knn_graph.coo_build(
-      values, indices)
+      values, indices
+  )
   row_graph.matvec = lambda graph, p: calls.append('matvec') or knn_graph.coo_matvec(graph, p)
   _fake_package(monkeypatch, row_graph=row_graph)
   ops = knn_graph.graph_ops()
@@ -272,16 +299,19 @@ def test_graph_ops_picks_the_package_row_graph_and_propagation_uses_it(monkeypat
   np.testing.assert_array_equal(rows.scores, coo.scores)
 
 
-@pytest.mark.skipif(backend.cpu_kernels() is None, reason='the groundwork_cpu package is not '
-                    'installed (or JAX does not compute on the CPU)')
+@pytest.mark.skipif(
+    backend.cpu_kernels() is None,
+    reason='the groundwork_cpu package is not ' 'installed (or JAX does not compute on the CPU)',
+)
 def test_the_package_row_graph_gives_the_coo_w():
   # The seam's contract only; the package's own tests cover its kernels.
   values, idx = _random_lists(300, 6, seed=4)
   idx[150:, 0] = 0  # A hub.
   rows = knn_graph.graph_ops('rows')
   graph = jax.jit(rows.build)(values, idx)
-  np.testing.assert_allclose(knn_graph.dense(graph, 300, rows), _reference_w(values, idx),
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      knn_graph.dense(graph, 300, rows), _reference_w(values, idx), atol=1e-6
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -324,8 +354,9 @@ def test_conjugate_gradient_stops_a_converged_column_like_scipy():
 # ----------------------------------------------------------------------------
 # The whole propagation.
 # ----------------------------------------------------------------------------
-SIX_POINTS = np.array([[1.0, 0.1], [1.0, 0.3], [0.9, 0.4], [0.1, 1.0], [0.3, 1.0], [0.5, 0.9]],
-                      np.float32)
+SIX_POINTS = np.array(
+    [[1.0, 0.1], [1.0, 0.3], [0.9, 0.4], [0.1, 1.0], [0.3, 1.0], [0.5, 0.9]], np.float32
+)
 
 
 def _three_arcs(n, seed):
@@ -353,7 +384,8 @@ def test_propagation_equals_a_replica_of_the_reference_step(clip):
   assert clip or (sims < 0).mean() > 0.02  # The unclipped mode matters here.
   ours = lp.propagate(sims, idx, labels, mask, labels.max() + 1, clip_negative=clip)
   scores, pseudo, weights, zeta = _reference_update_plabels(
-      np.maximum(sims, 0) if clip else sims, idx, labels, mask, labels.max() + 1)
+      np.maximum(sims, 0) if clip else sims, idx, labels, mask, labels.max() + 1
+  )
   np.testing.assert_allclose(ours.scores, scores, rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(ours.pseudo_labels, pseudo)
   np.testing.assert_allclose(ours.weights, weights, atol=1e-5)
@@ -365,8 +397,7 @@ def test_propagation_equals_a_replica_of_the_reference_step(clip):
 def test_six_point_graph_matches_hand_computation():
   labels = np.array([0, -1, -1, 1, -1, -1])
   mask = labels >= 0
-  out = lp.label_propagation(SIX_POINTS, labels, mask, 2, k=2, cg_iterations=20,
-                             knn_backend='jax')
+  out = lp.label_propagation(SIX_POINTS, labels, mask, 2, k=2, cg_iterations=20, knn_engine='jax')
   z, pseudo, omega, zeta = _dense_reference(SIX_POINTS, labels, mask, 2, k=2)
   np.testing.assert_allclose(out.scores, z, rtol=1e-4)
   np.testing.assert_array_equal(out.pseudo_labels, [0, 0, 0, 1, 1, 1])
@@ -378,8 +409,9 @@ def test_six_point_graph_matches_hand_computation():
 
 def test_seed_matrix_by_hand():
   y = lp.seed_matrix(jnp.array([0, 0, 2, 0, 1, 0]), jnp.array([1, 1, 1, 0, 1, 0], bool), 3)
-  np.testing.assert_array_equal(y, [[0.5, 0, 0], [0.5, 0, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0],
-                                    [0, 0, 0]])
+  np.testing.assert_array_equal(
+      y, [[0.5, 0, 0], [0.5, 0, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0], [0, 0, 0]]
+  )
 
 
 def test_certainty_weights_by_hand():
@@ -395,7 +427,7 @@ def test_certainty_weights_by_hand():
 def test_class_weights_count_pseudo_labels():
   x = np.concatenate([SIX_POINTS, [[0.95, 0.2], [0.2, 0.95]]]).astype(np.float32)
   labels = np.array([0, -1, -1, 1, -1, -1, -1, -1])
-  out = lp.label_propagation(x, labels, labels >= 0, 2, k=2, knn_backend='jax')
+  out = lp.label_propagation(x, labels, labels >= 0, 2, k=2, knn_engine='jax')
   np.testing.assert_array_equal(out.pseudo_labels, [0, 0, 0, 1, 1, 1, 0, 1])
   np.testing.assert_allclose(out.class_weights, [1.0, 1.0])  # (8 / 2) / 4 each.
 
@@ -406,7 +438,7 @@ def test_unreachable_image_gets_zero_weight_not_nan():
   # away from all: its one affinity is clipped to 0, so it has no edge at all.
   x = np.concatenate([SIX_POINTS, [[-1.0, 0.02], [-1.0, -0.02], [0.0, -1.0]]]).astype(np.float32)
   labels = np.array([0, -1, -1, 1, -1, -1, -1, -1, -1])
-  out = lp.label_propagation(x, labels, labels >= 0, 2, k=1, knn_backend='jax')
+  out = lp.label_propagation(x, labels, labels >= 0, 2, k=1, knn_engine='jax')
   assert np.isfinite(np.asarray(out.weights)).all() and np.isfinite(np.asarray(out.scores)).all()
   np.testing.assert_array_equal(np.asarray(out.weights)[6:], 0.0)
   assert (np.asarray(out.weights)[:6] > 0).all()
@@ -435,7 +467,7 @@ def test_propagation_stays_on_device_and_compiles_once_per_shape():
   before = lp._diffuse._cache_size()  # pylint: disable=protected-access
   for seed in (0, 1):  # Another epoch: new features, same shapes.
     features = jnp.asarray(x) + 0.01 * jax.random.normal(jax.random.key(seed), x.shape)
-    out = lp.label_propagation(features, labels, mask, 2, k=5, knn_backend='jax')
+    out = lp.label_propagation(features, labels, mask, 2, k=5, knn_engine='jax')
     assert all(isinstance(leaf, jax.Array) for leaf in out)
   assert lp._diffuse._cache_size() == before + 1  # pylint: disable=protected-access
 
@@ -443,6 +475,7 @@ def test_propagation_stays_on_device_and_compiles_once_per_shape():
 def test_trainer_embeds_on_device_like_map_in_batches():
   from groundwork.evaluation import map_in_batches  # pylint: disable=import-outside-toplevel
   from semisup import train  # pylint: disable=import-outside-toplevel
+
   images = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
   calls = []
   fn = lambda b: calls.append(b.shape) or jnp.asarray(b) * 2.0 + 1.0
@@ -458,19 +491,27 @@ def test_trainer_embeds_on_device_like_map_in_batches():
 GOOD = dict(k=50, gamma=3.0, alpha=0.99, cg_iterations=20, clip_negative=True)
 
 
-@pytest.mark.parametrize('change,message', [
-    (dict(k=0), r'config.lp.k=0 must be an integer in \[1, N-1\]'),
-    (dict(k=2.5), r'config.lp.k=2.5 must be an integer'),
-    (dict(alpha=1.0), r'config.lp.alpha=1.0 must lie in \(0, 1\): outside it I - alpha W'),
-    (dict(alpha=0.0), r'config.lp.alpha=0.0 must lie in \(0, 1\)'),
-    (dict(gamma=0.0), r'config.lp.gamma=0.0 must be positive'),
-    (dict(gamma=2.5, clip_negative=False),
-     r'config.lp.gamma=2.5 must be an integer with config.lp.clip_negative=False'),
-    (dict(cg_iterations=0), r'config.lp.cg_iterations=0 must be an integer, at least 1'),
-    (dict(knn_backend='gpu'), r"kNN engine 'gpu' \(config.lp.knn_backend\) is not one of"),
-    (dict(num_images=50), r'config.lp.k=50 must be smaller than the 50 images: it lies in '
-                          r'\[1, N-1\] = \[1, 49\]'),
-])
+@pytest.mark.parametrize(
+    'change,message',
+    [
+        (dict(k=0), r'config.lp.k=0 must be an integer in \[1, N-1\]'),
+        (dict(k=2.5), r'config.lp.k=2.5 must be an integer'),
+        (dict(alpha=1.0), r'config.lp.alpha=1.0 must lie in \(0, 1\): outside it I - alpha W'),
+        (dict(alpha=0.0), r'config.lp.alpha=0.0 must lie in \(0, 1\)'),
+        (dict(gamma=0.0), r'config.lp.gamma=0.0 must be positive'),
+        (
+            dict(gamma=2.5, clip_negative=False),
+            r'config.lp.gamma=2.5 must be an integer with config.lp.clip_negative=False',
+        ),
+        (dict(cg_iterations=0), r'config.lp.cg_iterations=0 must be an integer, at least 1'),
+        (dict(knn_engine='gpu'), r"kNN engine 'gpu' \(config.lp.knn_engine\) is not one of"),
+        (
+            dict(num_images=50),
+            r'config.lp.k=50 must be smaller than the 50 images: it lies in '
+            r'\[1, N-1\] = \[1, 49\]',
+        ),
+    ],
+)
 def test_bad_settings_name_the_config_field_and_range(change, message):
   with pytest.raises(ValueError, match=message):
     lp.check_settings(**{**GOOD, **change})
@@ -488,8 +529,9 @@ def test_bad_labels_name_the_problem():
   lp.check_labels(labels, labels >= 0, 2)
   with pytest.raises(ValueError, match=r'labels \(7,\) and labeled_mask \(6,\) must both be'):
     lp.check_labels(np.append(labels, 0), labels >= 0, 2)
-  with pytest.raises(ValueError, match=r'class 1 has no labeled image \(1 of 2 classes have '
-                                       r'none: \[1\]\)'):
+  with pytest.raises(
+      ValueError, match=r'class 1 has no labeled image \(1 of 2 classes have ' r'none: \[1\]\)'
+  ):
     lp.check_labels(labels, labels == 0, 2)
   with pytest.raises(ValueError, match=r'labeled images carry label 2, outside \[0, 1\]'):
     lp.check_labels(np.where(labels == 1, 2, labels), labels >= 0, 2)
@@ -517,8 +559,9 @@ def test_weighted_cross_entropy_by_hand():
   logits = jnp.array([[0.0, np.log(3.0)], [0.0, 0.0], [5.0, 5.0]])
   targets = jnp.array([0, 1, 0])
   # CE: log 4, log 2, log 2; weights omega * zeta[y]: 0.5 * 2, 1 * 1, 0 * 2.
-  loss = lp.weighted_cross_entropy(logits, targets, jnp.array([0.5, 1.0, 0.0]),
-                                   jnp.array([2.0, 1.0]))
+  loss = lp.weighted_cross_entropy(
+      logits, targets, jnp.array([0.5, 1.0, 0.0]), jnp.array([2.0, 1.0])
+  )
   np.testing.assert_allclose(loss, (np.log(4.0) + np.log(2.0)) / 3, rtol=1e-6)
   grad = jax.grad(lambda l: lp.weighted_cross_entropy(l, targets, jnp.ones(3), jnp.ones(2)))(logits)
   np.testing.assert_allclose(grad[1], [1 / 6, -1 / 6], rtol=1e-6)

@@ -1,4 +1,5 @@
 """Layout rules: import boundaries, the ssl guard, every module imports, every config loads."""
+
 import ast
 import importlib
 import os
@@ -11,8 +12,11 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = {'groundwork': ROOT / 'groundwork', 'fsl': ROOT / 'fsl', 'semisup': ROOT / 'ssl'}
 # Which top-level packages each package may import from this repository.
-ALLOWED = {'groundwork': {'groundwork'}, 'fsl': {'fsl', 'groundwork'},
-           'semisup': {'semisup', 'groundwork'}}
+ALLOWED = {
+    'groundwork': {'groundwork'},
+    'fsl': {'fsl', 'groundwork'},
+    'semisup': {'semisup', 'groundwork'},
+}
 OURS = {'groundwork', 'fsl', 'semisup'}
 
 
@@ -50,18 +54,25 @@ def test_ssl_folder_has_no_init():
 
 
 def test_stdlib_ssl_wins_with_repo_root_on_path():
-  code = ('import sys; sys.path.insert(0, %r); import ssl, asyncio; '
-          'ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); '
-          'assert not ssl.__file__.startswith(%r), ssl.__file__; '
-          'import semisup.label_propagation; print(type(ctx).__name__)' % (str(ROOT), str(ROOT)))
+  code = (
+      'import sys; sys.path.insert(0, %r); import ssl, asyncio; '
+      'ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); '
+      'assert not ssl.__file__.startswith(%r), ssl.__file__; '
+      'import semisup.label_propagation; print(type(ctx).__name__)' % (str(ROOT), str(ROOT))
+  )
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == 'SSLContext'
 
 
 def test_python_dash_m_from_root_keeps_stdlib_ssl():
-  out = subprocess.run([sys.executable, '-m', 'launch_probe'], cwd=ROOT, capture_output=True,
-                       text=True, env=dict(os.environ, PYTHONPATH=str(ROOT / 'tests')))
+  out = subprocess.run(
+      [sys.executable, '-m', 'launch_probe'],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, PYTHONPATH=str(ROOT / 'tests')),
+  )
   assert out.returncode == 0, out.stderr
   assert out.stdout.strip() == 'SSLContext semisup'
 

@@ -1,4 +1,5 @@
 """Mean Teacher: EMA teacher, ramps, learning-rate schedule and consistency costs."""
+
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

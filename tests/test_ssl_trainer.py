@@ -1,4 +1,5 @@
 """The semi-supervised trainer: smoke runs of every method, schedules, bad input."""
+
 import json
 import os
 import pathlib
@@ -11,7 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FASHION_DIR = os.environ.get('FASHION_MNIST_DIR', '/usr/share/datasets/fashion-mnist')
 needs_fashion = pytest.mark.skipif(
     not os.path.exists(os.path.join(FASHION_DIR, 'train-images-idx3-ubyte.gz')),
-    reason=f'Fashion-MNIST IDX files not in {FASHION_DIR} (apt-get install dataset-fashion-mnist)')
+    reason=f'Fashion-MNIST IDX files not in {FASHION_DIR} (apt-get install dataset-fashion-mnist)',
+)
 
 from semisup import train as ssl_train  # noqa: E402
 
@@ -19,6 +21,7 @@ from semisup import train as ssl_train  # noqa: E402
 def _config(arg='smoke', **overrides):
   sys.path.insert(0, str(ROOT / 'configs' / 'ssl'))
   import semi_supervised  # pylint: disable=import-outside-toplevel
+
   config = semi_supervised.get_config(arg)
   config.data_dir = FASHION_DIR
   config.update_from_flattened_dict(overrides)

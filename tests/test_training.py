@@ -1,4 +1,5 @@
 """Training plumbing: config args, optimiser, schedules, checkpoints, metrics, JSON."""
+
 import os
 
 import flax.linen as nn
@@ -25,8 +26,16 @@ def test_parse_args_types_flags_and_errors():
 
 
 def _optim(**kw):
-  base = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, schedule='constant',
-              epochs=10, decay_epochs=(2, 4), decay_factor=0.1)
+  base = dict(
+      lr=0.1,
+      momentum=0.9,
+      nesterov=True,
+      weight_decay=0.01,
+      schedule='constant',
+      epochs=10,
+      decay_epochs=(2, 4),
+      decay_factor=0.1,
+  )
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -48,8 +57,9 @@ def test_sgd_nesterov_with_coupled_weight_decay_matches_pytorch_rule():
 
 def test_schedules():
   step = training.make_schedule(_optim(schedule='step'), steps_per_epoch=10)
-  np.testing.assert_allclose([step(0), step(19), step(20), step(40)], [0.1, 0.1, 0.01, 0.001],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      [step(0), step(19), step(20), step(40)], [0.1, 0.1, 0.01, 0.001], rtol=1e-6
+  )
   cosine = training.make_schedule(_optim(schedule='cosine', epochs=2), steps_per_epoch=10)
   np.testing.assert_allclose([cosine(0), cosine(10), cosine(20)], [0.1, 0.05, 0.0], atol=1e-7)
   with pytest.raises(ValueError, match='optim.schedule'):
@@ -70,16 +80,21 @@ class _Tiny(nn.Module):
 def _state(features=3):
   model = _Tiny(features)
   variables = model.init(jax.random.PRNGKey(0), jnp.ones((2, 4)), train=False)
-  return training.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                    batch_stats=variables['batch_stats'],
-                                    tx=optax.sgd(0.1, 0.9))
+  return training.TrainState.create(
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      tx=optax.sgd(0.1, 0.9),
+  )
 
 
 def _step(state, x, y):
   def loss_fn(params):
-    logits, updates = state.apply_fn({'params': params, 'batch_stats': state.batch_stats}, x,
-                                     train=True, mutable=['batch_stats'])
+    logits, updates = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, x, train=True, mutable=['batch_stats']
+    )
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+
   (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   return state.apply_gradients(grads=grads, batch_stats=updates['batch_stats']), loss
 
@@ -94,8 +109,9 @@ def test_checkpoint_round_trip_gives_equal_state_and_same_next_step(tmp_path):
   state, _ = _step(_state(), x, y)
   ckpt = training.Checkpointer(str(tmp_path), keep=2)
   ckpt.save(int(state.step), state, {'epoch': np.asarray(4), 'pseudo': np.arange(5)})
-  restored, extra, step = ckpt.restore(_state(), {'epoch': np.asarray(0),
-                                                  'pseudo': np.zeros(5, np.int64)})
+  restored, extra, step = ckpt.restore(
+      _state(), {'epoch': np.asarray(0), 'pseudo': np.zeros(5, np.int64)}
+  )
   assert step == 1 and int(extra['epoch']) == 4
   np.testing.assert_array_equal(extra['pseudo'], np.arange(5))
   assert _equal_trees(restored.params, state.params)
@@ -159,6 +175,7 @@ def test_batch_size_must_divide_over_devices():
 
 def test_map_in_batches_pads_the_last_batch_and_keeps_tuples():
   from groundwork.evaluation import map_in_batches  # pylint: disable=import-outside-toplevel
+
   seen = []
 
   def fn(batch):

@@ -37,6 +37,7 @@ cifar_fs, fc100), encoder (conv4, resnet12, resnet12_wide, resnet18),
 head (dc, gap), smoke (tiny shapes and a few steps, seconds on CPU), quick
 (a short Omniglot run for `make quickstart`: fewer epochs and episodes).
 """
+
 import dataclasses
 
 import ml_collections
@@ -70,10 +71,15 @@ def encoder_kwargs(encoder: str, dataset: str, smoke: bool) -> dict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_args(arg, dict(dataset='omniglot', encoder='conv4', head='dc', smoke=False,
-                              quick=False),
-                    choices={'dataset': tuple(DATASET_DEFAULTS), 'head': ('dc', 'gap'),
-                             'encoder': ('conv4', 'resnet12', 'resnet12_wide', 'resnet18')})
+  args = parse_args(
+      arg,
+      dict(dataset='omniglot', encoder='conv4', head='dc', smoke=False, quick=False),
+      choices={
+          'dataset': tuple(DATASET_DEFAULTS),
+          'head': ('dc', 'gap'),
+          'encoder': ('conv4', 'resnet12', 'resnet12_wide', 'resnet18'),
+      },
+  )
   dataset, smoke = args['dataset'], args['smoke']
   defaults = DATASET_DEFAULTS[dataset]
   c = ml_collections.ConfigDict()
@@ -90,8 +96,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.head = args['head']
   # DC+WIDE control: widen the implanted layers of the last block by this many
   # channels (0 = off), to show the gain of implanting is not just parameters.
-  c.wide_control = ml_collections.ConfigDict(dict(
-      width=0, layers=('conv',) if args['encoder'] == 'conv4' else ('conv1', 'conv2')))
+  c.wide_control = ml_collections.ConfigDict(
+      dict(width=0, layers=('conv',) if args['encoder'] == 'conv4' else ('conv1', 'conv2'))
+  )
   c.classifier_scale_init = 10.0
 
   c.batch_size = 16 if smoke else (64 if dataset == 'omniglot' else 128)
@@ -127,8 +134,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if smoke:
     c.eval.episodes, c.eval.n_query, c.eval.batch_episodes = 20, 2, 8
 
-  c.validation = ml_collections.ConfigDict(dict(
-      shot=1, episodes=20 if smoke else 2000, seed=1, every_epochs=1 if smoke else 5))
+  c.validation = ml_collections.ConfigDict(
+      dict(shot=1, episodes=20 if smoke else 2000, seed=1, every_epochs=1 if smoke else 5)
+  )
   c.checkpoint = ml_collections.ConfigDict(dict(every_epochs=1, keep=3))
   c.log_every_steps = 1 if smoke else 20
   return c

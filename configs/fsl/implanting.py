@@ -34,14 +34,18 @@ miniImageNet (GPU), ResNet-12 base, implants in the last block:
 
 Args: dataset (omniglot, miniimagenet, cifar_fs, fc100), smoke.
 """
+
 import ml_collections
 
 from groundwork.training.config_args import parse_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_args(arg, dict(dataset='omniglot', smoke=False),
-                    choices={'dataset': ('omniglot', 'miniimagenet', 'cifar_fs', 'fc100')})
+  args = parse_args(
+      arg,
+      dict(dataset='omniglot', smoke=False),
+      choices={'dataset': ('omniglot', 'miniimagenet', 'cifar_fs', 'fc100')},
+  )
   smoke = args['smoke']
   c = ml_collections.ConfigDict()
   c.trainer = 'fsl_implanting'

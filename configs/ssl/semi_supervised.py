@@ -42,6 +42,7 @@ These were not run here (no GPU, no copy of the data on this project's machines)
 Args: dataset (fashion_mnist, digits, cifar10, cifar100, miniimagenet), labels,
 method (supervised, mt, dlp, mt_dlp), smoke.
 """
+
 import dataclasses
 
 import ml_collections
@@ -55,31 +56,70 @@ _PAPER_EPOCHS = dict(supervised=180, mt=180, dlp=180, mt_dlp=180)
 DATASET_DEFAULTS = {
     # Sized for a 2-core CPU: Conv-4 of width 32 on a balanced 10,000-image subset of
     # the training set (1,000 labelled, 9,000 unlabelled); the full test set.
-    'fashion_mnist': dict(data_dir='/usr/share/datasets/fashion-mnist', encoder='conv4',
-                          encoder_kwargs=dict(width=32), batch_size=100, labeled_batch_size=50,
-                          epochs=dict(supervised=100, mt=6, dlp=6, mt_dlp=6), lr=0.05,
-                          ema_decay=0.97, train_subset=10_000),
-    'digits': dict(data_dir='', encoder='conv4', encoder_kwargs=dict(width=32, pool_blocks=2),
-                   batch_size=50, labeled_batch_size=25,
-                   epochs=dict(supervised=300, mt=30, dlp=30, mt_dlp=30), lr=0.05,
-                   ema_decay=0.97, train_subset=0),
-    'cifar10': dict(data_dir='data/cifar10', encoder='cnn13', encoder_kwargs={},
-                    batch_size=100, labeled_batch_size=50, epochs=_PAPER_EPOCHS, lr=0.05,
-                    ema_decay=0.97, train_subset=0),
-    'cifar100': dict(data_dir='data/cifar100', encoder='cnn13', encoder_kwargs={},
-                     batch_size=128, labeled_batch_size=31, epochs=_PAPER_EPOCHS, lr=0.2,
-                     ema_decay=0.99, train_subset=0),
-    'miniimagenet': dict(data_dir='data/miniimagenet', encoder='resnet18',
-                         encoder_kwargs=dict(cifar_stem=False), batch_size=128,
-                         labeled_batch_size=31, epochs=_PAPER_EPOCHS, lr=0.2, ema_decay=0.99,
-                         train_subset=0),
+    'fashion_mnist': dict(
+        data_dir='/usr/share/datasets/fashion-mnist',
+        encoder='conv4',
+        encoder_kwargs=dict(width=32),
+        batch_size=100,
+        labeled_batch_size=50,
+        epochs=dict(supervised=100, mt=6, dlp=6, mt_dlp=6),
+        lr=0.05,
+        ema_decay=0.97,
+        train_subset=10_000,
+    ),
+    'digits': dict(
+        data_dir='',
+        encoder='conv4',
+        encoder_kwargs=dict(width=32, pool_blocks=2),
+        batch_size=50,
+        labeled_batch_size=25,
+        epochs=dict(supervised=300, mt=30, dlp=30, mt_dlp=30),
+        lr=0.05,
+        ema_decay=0.97,
+        train_subset=0,
+    ),
+    'cifar10': dict(
+        data_dir='data/cifar10',
+        encoder='cnn13',
+        encoder_kwargs={},
+        batch_size=100,
+        labeled_batch_size=50,
+        epochs=_PAPER_EPOCHS,
+        lr=0.05,
+        ema_decay=0.97,
+        train_subset=0,
+    ),
+    'cifar100': dict(
+        data_dir='data/cifar100',
+        encoder='cnn13',
+        encoder_kwargs={},
+        batch_size=128,
+        labeled_batch_size=31,
+        epochs=_PAPER_EPOCHS,
+        lr=0.2,
+        ema_decay=0.99,
+        train_subset=0,
+    ),
+    'miniimagenet': dict(
+        data_dir='data/miniimagenet',
+        encoder='resnet18',
+        encoder_kwargs=dict(cifar_stem=False),
+        batch_size=128,
+        labeled_batch_size=31,
+        epochs=_PAPER_EPOCHS,
+        lr=0.2,
+        ema_decay=0.99,
+        train_subset=0,
+    ),
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_args(arg, dict(dataset='fashion_mnist', labels=1000, method='dlp', smoke=False),
-                    choices={'dataset': tuple(DATASET_DEFAULTS),
-                             'method': ('supervised', 'mt', 'dlp', 'mt_dlp')})
+  args = parse_args(
+      arg,
+      dict(dataset='fashion_mnist', labels=1000, method='dlp', smoke=False),
+      choices={'dataset': tuple(DATASET_DEFAULTS), 'method': ('supervised', 'mt', 'dlp', 'mt_dlp')},
+  )
   d = DATASET_DEFAULTS[args['dataset']]
   smoke = args['smoke']
   c = ml_collections.ConfigDict()
@@ -105,7 +145,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 20 if smoke else d['batch_size']
   c.labeled_batch_size = 10 if smoke else d['labeled_batch_size']
   c.epochs = ml_collections.ConfigDict(
-      dict(supervised=1, mt=1, dlp=2, mt_dlp=2) if smoke else d['epochs'])
+      dict(supervised=1, mt=1, dlp=2, mt_dlp=2) if smoke else d['epochs']
+  )
 
   # SGD Nesterov, weight decay 2e-4 on all parameters; the learning rate is set each
   # iteration by the Mean Teacher cosine, which would reach 0 after rampdown_ratio times
@@ -132,7 +173,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.lp.alpha = 0.99
   c.lp.cg_iterations = 20
   c.lp.clip_negative = True  # The paper's affinities; the reference code does not clip.
-  c.lp.knn_backend = 'auto'  # ssl/knn_cpu.cc (else faiss) on CPU, exact JAX search on GPU/TPU.
+  c.lp.knn_engine = 'auto'  # semisup.knn: the CPU kernels' where installed, else exact JAX.
 
   # Mean Teacher needs two differently augmented views; Fashion-MNIST has no
   # augmentation of its own in the data layer, so it gets CIFAR's translate and flip

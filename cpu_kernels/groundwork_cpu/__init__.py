@@ -23,5 +23,4 @@ from groundwork_cpu.conv import conv_general_dilated
 from groundwork_cpu.knn import knn_search
 from groundwork_cpu.layers import BatchNorm, max_pool
 
-__all__ = ['BatchNorm', 'conv_general_dilated', 'knn_search', 'max_pool', 'report',
-           'row_graph']
+__all__ = ['BatchNorm', 'conv_general_dilated', 'knn_search', 'max_pool', 'report', 'row_graph']

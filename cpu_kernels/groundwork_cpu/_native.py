@@ -26,6 +26,7 @@ REINSTALL = 'pip install --no-build-isolation ./cpu_kernels  (from the repositor
 class Library:
   """One built library: its file stem under lib/, what it is, and its XLA FFI handlers
   (target name -> exported symbol; none for a library called through ctypes)."""
+
   name: str
   description: str
   handlers: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -66,8 +67,10 @@ def check_jaxlib(library: Library, built_for: str, running: str) -> None:
   """Raises ImportError unless `library`, built against jaxlib `built_for`, may register its
   FFI handlers with jaxlib `running`."""
   if library.handlers and built_for != running:
-    raise ImportError(f'groundwork_cpu: {library.path} was built against jaxlib {built_for}, '
-                      f'but this process runs jaxlib {running}; rebuild it: {REINSTALL}')
+    raise ImportError(
+        f'groundwork_cpu: {library.path} was built against jaxlib {built_for}, '
+        f'but this process runs jaxlib {running}; rebuild it: {REINSTALL}'
+    )
 
 
 def load(library: Library) -> ctypes.CDLL:
@@ -76,16 +79,20 @@ def load(library: Library) -> ctypes.CDLL:
     raise ImportError('groundwork_cpu: the CPU kernels are built for x86-64 Linux only.')
   path = library.path
   if not path.exists():
-    raise ImportError(f'groundwork_cpu: {path} ({library.description}) is missing: the '
-                      f'package was not built, or its build was removed; reinstall: {REINSTALL}')
+    raise ImportError(
+        f'groundwork_cpu: {path} ({library.description}) is missing: the '
+        f'package was not built, or its build was removed; reinstall: {REINSTALL}'
+    )
   try:
     with _passive_openmp():
       handle = ctypes.CDLL(str(path))
     built_for = _string(handle, 'groundwork_cpu_jaxlib_version')
     handlers = {target: getattr(handle, symbol) for target, symbol in library.handlers.items()}
   except (OSError, AttributeError) as error:  # not a library, or not one of this package's
-    raise ImportError(f'groundwork_cpu: cannot load {path} ({library.description}): {error}; '
-                      f'reinstall: {REINSTALL}') from error
+    raise ImportError(
+        f'groundwork_cpu: cannot load {path} ({library.description}): {error}; '
+        f'reinstall: {REINSTALL}'
+    ) from error
   check_jaxlib(library, built_for, jaxlib.__version__)
   for target, handler in handlers.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform='cpu')

@@ -14,8 +14,16 @@ from groundwork_cpu import _native
 
 LIBRARY = _native.Library('knn', 'kNN search (oneDNN tiles)')
 _search = _native.load(LIBRARY).groundwork_cpu_knn_search
-_search.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64]
+_search.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_int64,
+    ctypes.c_int64,
+    ctypes.c_int64,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_char_p,
+    ctypes.c_int64,
+]
 _search.restype = ctypes.c_int
 
 
@@ -34,8 +42,10 @@ def knn_search(x, k: int) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f'x must be [N, d]; got shape {x.shape}.')
   n, d = x.shape
   if not 0 < k < n:
-    raise ValueError(f'k={k} must be in [1, N-1] = [1, {n - 1}] for N={n} rows '
-                     '(a row is never its own neighbour).')
+    raise ValueError(
+        f'k={k} must be in [1, N-1] = [1, {n - 1}] for N={n} rows '
+        '(a row is never its own neighbour).'
+    )
   if d == 0:
     raise ValueError('x has no columns.')
   sims = np.empty((n, k + 1), np.float32)
@@ -56,5 +66,4 @@ def drop_self(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np
   n = idx.shape[0]
   keep = idx != np.arange(n)[:, None]
   keep[keep.all(axis=1), k] = False
-  return (sims[keep].reshape(n, k).astype(np.float32),
-          idx[keep].reshape(n, k).astype(np.int32))
+  return (sims[keep].reshape(n, k).astype(np.float32), idx[keep].reshape(n, k).astype(np.int32))

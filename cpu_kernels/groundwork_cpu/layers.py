@@ -31,17 +31,22 @@ Array = jax.Array
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
 LIBRARY = _native.Library(
-    'onednn_layers', 'oneDNN BatchNorm and max-pool',
-    {'groundwork_cpu_batch_norm_forward': 'GroundworkCpuBatchNormForward',
-     'groundwork_cpu_batch_norm_backward': 'GroundworkCpuBatchNormBackward',
-     'groundwork_cpu_max_pool_forward': 'GroundworkCpuMaxPoolForward',
-     'groundwork_cpu_max_pool_backward': 'GroundworkCpuMaxPoolBackward'})
+    'onednn_layers',
+    'oneDNN BatchNorm and max-pool',
+    {
+        'groundwork_cpu_batch_norm_forward': 'GroundworkCpuBatchNormForward',
+        'groundwork_cpu_batch_norm_backward': 'GroundworkCpuBatchNormBackward',
+        'groundwork_cpu_max_pool_forward': 'GroundworkCpuMaxPoolForward',
+        'groundwork_cpu_max_pool_backward': 'GroundworkCpuMaxPoolBackward',
+    },
+)
 _HANDLE = _native.load(LIBRARY)
 _HANDLE.groundwork_cpu_max_pool_workspace_bytes.restype = ctypes.c_int64
 _HANDLE.groundwork_cpu_max_pool_workspace_bytes.argtypes = [ctypes.POINTER(ctypes.c_int64)]
 
 
 # ------------------------------------------------------------------------------ BatchNorm
+
 
 class BatchNorm(nn.BatchNorm):
   """`flax.linen.BatchNorm`, computed by oneDNN in training mode on float32.
@@ -53,18 +58,25 @@ class BatchNorm(nn.BatchNorm):
 
   @nn.compact
   def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
-    batch_statistics = not nn.merge_param('use_running_average', self.use_running_average,
-                                          use_running_average)
+    batch_statistics = not nn.merge_param(
+        'use_running_average', self.use_running_average, use_running_average
+    )
     if not (batch_statistics and self._onednn_serves(x, mask)):
       return super().__call__(x, use_running_average, mask=mask)
     # The variables flax creates, in its order, with its initialisers.
     shape = (x.shape[-1],)
     ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), shape)
     ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), shape)
-    scale = (self.param('scale', self.scale_init, shape, self.param_dtype) if self.use_scale
-             else jnp.ones(shape, jnp.float32))
-    bias = (self.param('bias', self.bias_init, shape, self.param_dtype) if self.use_bias
-            else jnp.zeros(shape, jnp.float32))
+    scale = (
+        self.param('scale', self.scale_init, shape, self.param_dtype)
+        if self.use_scale
+        else jnp.ones(shape, jnp.float32)
+    )
+    bias = (
+        self.param('bias', self.bias_init, shape, self.param_dtype)
+        if self.use_bias
+        else jnp.zeros(shape, jnp.float32)
+    )
     y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -74,18 +86,25 @@ class BatchNorm(nn.BatchNorm):
   def _onednn_serves(self, x, mask) -> bool:
     float32 = jnp.dtype(jnp.float32)
     axes = self.axis if isinstance(self.axis, Sequence) else (self.axis,)
-    return (x.dtype == float32 and jnp.dtype(self.param_dtype) == float32
-            and (self.dtype is None or jnp.dtype(self.dtype) == float32)
-            and x.ndim >= 2 and x.size > 0 and {a % x.ndim for a in axes} == {x.ndim - 1}
-            and self.axis_name is None and mask is None)
+    return (
+        x.dtype == float32
+        and jnp.dtype(self.param_dtype) == float32
+        and (self.dtype is None or jnp.dtype(self.dtype) == float32)
+        and x.ndim >= 2
+        and x.size > 0
+        and {a % x.ndim for a in axes} == {x.ndim - 1}
+        and self.axis_name is None
+        and mask is None
+    )
 
 
 def _norm_forward(x: Array, scale: Array, bias: Array, epsilon: float):
   channels = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
-  return jax.ffi.ffi_call('groundwork_cpu_batch_norm_forward',
-                          (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels),
-                          vmap_method='broadcast_all')(x, scale, bias,
-                                                       epsilon=np.float32(epsilon))
+  return jax.ffi.ffi_call(
+      'groundwork_cpu_batch_norm_forward',
+      (jax.ShapeDtypeStruct(x.shape, jnp.float32), channels, channels),
+      vmap_method='broadcast_all',
+  )(x, scale, bias, epsilon=np.float32(epsilon))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -108,11 +127,13 @@ def _batch_norm_bwd(epsilon, residuals, cotangents):
   else:
     dx, d_scale, d_bias = jax.ffi.ffi_call(
         'groundwork_cpu_batch_norm_backward',
-        (jax.ShapeDtypeStruct(x.shape, jnp.float32),
-         jax.ShapeDtypeStruct(scale.shape, jnp.float32),
-         jax.ShapeDtypeStruct(scale.shape, jnp.float32)),
-        vmap_method='broadcast_all')(x, g_y.astype(jnp.float32), scale, mean, var,
-                                     epsilon=np.float32(epsilon))
+        (
+            jax.ShapeDtypeStruct(x.shape, jnp.float32),
+            jax.ShapeDtypeStruct(scale.shape, jnp.float32),
+            jax.ShapeDtypeStruct(scale.shape, jnp.float32),
+        ),
+        vmap_method='broadcast_all',
+    )(x, g_y.astype(jnp.float32), scale, mean, var, epsilon=np.float32(epsilon))
   # The statistics are outputs too; a training step only feeds them to the running averages
   # (no gradient), so these terms are skipped unless something differentiates them.
   rows = x.size // x.shape[-1]
@@ -128,8 +149,13 @@ batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)
 
 # ------------------------------------------------------------------------------ max-pool
 
-def max_pool(inputs: Array, window_shape: Sequence[int], strides: Sequence[int] | None = None,
-             padding: str | Sequence[tuple[int, int]] = 'VALID') -> Array:
+
+def max_pool(
+    inputs: Array,
+    window_shape: Sequence[int],
+    strides: Sequence[int] | None = None,
+    padding: str | Sequence[tuple[int, int]] = 'VALID',
+) -> Array:
   """`flax.linen.max_pool`: oneDNN for float32 NHWC input, else XLA.
 
   On XLA, the 2x2/2 pool and the 3x3/2 pad-1 pool of a ResNet stem are written as a reshape
@@ -162,8 +188,11 @@ def max_pool(inputs: Array, window_shape: Sequence[int], strides: Sequence[int] 
 def _onednn_serves(shape, window, strides, pads: Pads) -> bool:
   # Pads below the window keep a real value in every window, as -inf padding needs: a window
   # wholly inside the pads would be -inf in flax and something else in oneDNN.
-  if min(shape) < 1 or min(strides) < 1 or any(
-      not 0 <= p < k for pair, k in zip(pads, window) for p in pair):
+  if (
+      min(shape) < 1
+      or min(strides) < 1
+      or any(not 0 <= p < k for pair, k in zip(pads, window) for p in pair)
+  ):
     return False
   _, oh, ow, _ = output_shape(shape, window, strides, pads)
   return oh >= 1 and ow >= 1 and _workspace_bytes(_geometry(shape, window, strides, pads)) >= 0
@@ -171,7 +200,7 @@ def _onednn_serves(shape, window, strides, pads: Pads) -> bool:
 
 def _max_pool2(x: Array) -> Array:
   b, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
@@ -179,17 +208,25 @@ def _max_pool3_stride2(x: Array) -> Array:
   b, h, w, c = x.shape
   h_out, w_out = (h - 1) // 2 + 1, (w - 1) // 2 + 1
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  shifts = [lax.slice(padded, (0, i, j, 0), (b, i + 2 * h_out - 1, j + 2 * w_out - 1, c),
-                      (1, 2, 2, 1)) for i in range(3) for j in range(3)]
+  shifts = [
+      lax.slice(padded, (0, i, j, 0), (b, i + 2 * h_out - 1, j + 2 * w_out - 1, c), (1, 2, 2, 1))
+      for i in range(3)
+      for j in range(3)
+  ]
   return functools.reduce(jnp.maximum, shifts)
 
 
-def output_shape(x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int],
-                 pads: Pads) -> tuple[int, int, int, int]:
+def output_shape(
+    x_shape: Sequence[int], window: Sequence[int], strides: Sequence[int], pads: Pads
+) -> tuple[int, int, int, int]:
   """NHWC output shape, odd remainders dropped (as flax, and torch's `MaxPool2d`)."""
   n, h, w, c = x_shape
-  return (n, (h + pads[0][0] + pads[0][1] - window[0]) // strides[0] + 1,
-          (w + pads[1][0] + pads[1][1] - window[1]) // strides[1] + 1, c)
+  return (
+      n,
+      (h + pads[0][0] + pads[0][1] - window[0]) // strides[0] + 1,
+      (w + pads[1][0] + pads[1][1] - window[1]) // strides[1] + 1,
+      c,
+  )
 
 
 def _geometry(x_shape, window, strides, pads) -> tuple[int, ...]:
@@ -206,8 +243,11 @@ def _workspace_bytes(geometry: tuple[int, ...]) -> int:
 
 
 def _attrs(window, strides, pads) -> dict:
-  return dict(window=np.asarray(window, np.int64), strides=np.asarray(strides, np.int64),
-              pads=np.asarray([p for pair in pads for p in pair], np.int64))
+  return dict(
+      window=np.asarray(window, np.int64),
+      strides=np.asarray(strides, np.int64),
+      pads=np.asarray([p for pair in pads for p in pair], np.int64),
+  )
 
 
 def _pool_forward(x: Array, window, strides, pads) -> tuple[Array, Array]:
@@ -215,14 +255,18 @@ def _pool_forward(x: Array, window, strides, pads) -> tuple[Array, Array]:
   y_shape = x.shape[:-4] + output_shape(x.shape[-4:], window, strides, pads)
   return jax.ffi.ffi_call(
       'groundwork_cpu_max_pool_forward',
-      (jax.ShapeDtypeStruct(y_shape, jnp.float32),
-       jax.ShapeDtypeStruct(x.shape[:-4] + (_workspace_bytes(geometry),), jnp.uint8)),
-      vmap_method='broadcast_all')(x, **_attrs(window, strides, pads))
+      (
+          jax.ShapeDtypeStruct(y_shape, jnp.float32),
+          jax.ShapeDtypeStruct(x.shape[:-4] + (_workspace_bytes(geometry),), jnp.uint8),
+      ),
+      vmap_method='broadcast_all',
+  )(x, **_attrs(window, strides, pads))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def onednn_max_pool(x: Array, window: tuple[int, int], strides: tuple[int, int],
-                    pads: Pads) -> Array:
+def onednn_max_pool(
+    x: Array, window: tuple[int, int], strides: tuple[int, int], pads: Pads
+) -> Array:
   """float32 NHWC max-pool on oneDNN; `pads` = ((top, bottom), (left, right)), each below
   the window, padded cells never win."""
   return _pool_forward(x, window, strides, pads)[0]
@@ -235,10 +279,11 @@ def _max_pool_fwd(x, window, strides, pads):
 
 def _max_pool_bwd(window, strides, pads, residuals, g):
   workspace, x_shape = residuals
-  dx = jax.ffi.ffi_call('groundwork_cpu_max_pool_backward',
-                        jax.ShapeDtypeStruct(x_shape, jnp.float32),
-                        vmap_method='broadcast_all')(
-      g.astype(jnp.float32), workspace, **_attrs(window, strides, pads))
+  dx = jax.ffi.ffi_call(
+      'groundwork_cpu_max_pool_backward',
+      jax.ShapeDtypeStruct(x_shape, jnp.float32),
+      vmap_method='broadcast_all',
+  )(g.astype(jnp.float32), workspace, **_attrs(window, strides, pads))
   return (dx,)
 
 

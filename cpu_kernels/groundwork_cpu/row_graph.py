@@ -19,9 +19,14 @@ import jax.numpy as jnp
 
 from groundwork_cpu import _native
 
-LIBRARY = _native.Library('row_graph', 'propagation graph (row layout)',
-                          {'groundwork_cpu_row_graph': 'GroundworkCpuRowGraph',
-                           'groundwork_cpu_row_product': 'GroundworkCpuRowProduct'})
+LIBRARY = _native.Library(
+    'row_graph',
+    'propagation graph (row layout)',
+    {
+        'groundwork_cpu_row_graph': 'GroundworkCpuRowGraph',
+        'groundwork_cpu_row_product': 'GroundworkCpuRowProduct',
+    },
+)
 _native.load(LIBRARY)
 
 
@@ -29,6 +34,7 @@ class RowGraph(NamedTuple):
   """W: `W @ p = sum_e weight[e] p[column[e]]` over the entries `row_start[i] ..
   row_start[i] + row_length[i] - 1` of each row i. Room is kept for 2Nk entries (every edge
   read from both ends) plus one; past the entries, columns are N and weights 0."""
+
   row_start: jax.Array  # [N] int32.
   row_length: jax.Array  # [N] int32.
   column: jax.Array  # [2Nk + 1] int32.
@@ -41,15 +47,24 @@ def build(values: jax.Array, indices: jax.Array) -> RowGraph:
   values = jnp.asarray(values, jnp.float32)
   indices = jnp.asarray(indices, jnp.int32)
   if values.ndim != 2 or values.shape != indices.shape:
-    raise ValueError(f'values and indices must both be [N, k]; got {values.shape} and '
-                     f'{indices.shape}.')
+    raise ValueError(
+        f'values and indices must both be [N, k]; got {values.shape} and ' f'{indices.shape}.'
+    )
   n, k = values.shape
   rows = jax.ShapeDtypeStruct((n,), jnp.int32)
   entries = (2 * n * k + 1,)
-  return RowGraph(*jax.ffi.ffi_call('groundwork_cpu_row_graph', (
-      rows, rows, jax.ShapeDtypeStruct(entries, jnp.int32),
-      jax.ShapeDtypeStruct(entries, jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32)))(
-          indices, values))
+  return RowGraph(
+      *jax.ffi.ffi_call(
+          'groundwork_cpu_row_graph',
+          (
+              rows,
+              rows,
+              jax.ShapeDtypeStruct(entries, jnp.int32),
+              jax.ShapeDtypeStruct(entries, jnp.float32),
+              jax.ShapeDtypeStruct((n,), jnp.float32),
+          ),
+      )(indices, values)
+  )
 
 
 def matvec(graph: RowGraph, p: jax.Array) -> jax.Array:
@@ -61,7 +76,8 @@ def matvec(graph: RowGraph, p: jax.Array) -> jax.Array:
   if p.ndim != 2 or p.shape[0] != n:
     raise ValueError(f'p must be [N, C] with N={n}; got shape {p.shape}.')
   return jax.ffi.ffi_call('groundwork_cpu_row_product', jax.ShapeDtypeStruct(p.shape, jnp.float32))(
-      graph.row_start, graph.row_length, graph.column, graph.weight, p)
+      graph.row_start, graph.row_length, graph.column, graph.weight, p
+  )
 
 
 def degree(graph: RowGraph) -> jax.Array:

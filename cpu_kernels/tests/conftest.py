@@ -5,6 +5,7 @@ and convolution precision of those references is pinned to full float32 (on GPUs
 default is TF32, about 3 decimal digits; on CPU the setting changes nothing). The kernels
 serve the CPU only, so JAX computes there.
 """
+
 import os
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')

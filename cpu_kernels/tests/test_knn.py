@@ -1,4 +1,5 @@
 """knn_search: brute force's neighbours, self excluded even among duplicates."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """BatchNorm and max_pool: flax's values, gradients, variables and running statistics."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ def _uses_ffi(fn, *args) -> bool:
 
 
 # ------------------------------------------------------------------------------ BatchNorm
+
 
 def _pair(**fields):
   return groundwork_cpu.BatchNorm(name='bn', **fields), nn.BatchNorm(name='bn', **fields)
@@ -33,30 +35,39 @@ def test_batch_norm_training_matches_flax_values_grads_and_running_stats(at_call
   cotangent = jax.random.normal(jax.random.key(2), x.shape)
 
   def loss(module, params, x):
-    y, updates = module.apply({'params': params, 'batch_stats': stats}, x, **call,
-                              mutable=['batch_stats'])
+    y, updates = module.apply(
+        {'params': params, 'batch_stats': stats}, x, **call, mutable=['batch_stats']
+    )
     return jnp.vdot(nn.leaky_relu(y, 0.1), cotangent), updates
 
   assert _uses_ffi(lambda p, x: loss(ours, p, x), params, x)
   (value_a, stats_a), grads_a = jax.jit(
-      jax.value_and_grad(lambda p, x: loss(ours, p, x), (0, 1), has_aux=True))(params, x)
+      jax.value_and_grad(lambda p, x: loss(ours, p, x), (0, 1), has_aux=True)
+  )(params, x)
   (value_b, stats_b), grads_b = jax.value_and_grad(
-      lambda p, x: loss(theirs, p, x), (0, 1), has_aux=True)(params, x)
+      lambda p, x: loss(theirs, p, x), (0, 1), has_aux=True
+  )(params, x)
   np.testing.assert_allclose(value_a, value_b, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-               stats_a, stats_b)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               grads_a, grads_b)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), stats_a, stats_b
+  )
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads_a, grads_b
+  )
 
 
 def test_batch_norm_evaluation_is_flax_exactly():
   x = jax.random.normal(jax.random.key(3), (4, 3, 3, 5))
   ours, theirs = _pair(momentum=0.9)
-  variables = {'params': {'scale': jnp.arange(1.0, 6.0), 'bias': jnp.arange(5.0)},
-               'batch_stats': {'mean': jnp.arange(5.0) / 5, 'var': jnp.arange(1.0, 6.0)}}
+  variables = {
+      'params': {'scale': jnp.arange(1.0, 6.0), 'bias': jnp.arange(5.0)},
+      'batch_stats': {'mean': jnp.arange(5.0) / 5, 'var': jnp.arange(1.0, 6.0)},
+  }
   assert not _uses_ffi(lambda v, x: ours.apply(v, x, use_running_average=True), variables, x)
-  np.testing.assert_array_equal(ours.apply(variables, x, use_running_average=True),
-                                theirs.apply(variables, x, use_running_average=True))
+  np.testing.assert_array_equal(
+      ours.apply(variables, x, use_running_average=True),
+      theirs.apply(variables, x, use_running_average=True),
+  )
 
 
 @pytest.mark.parametrize('case', ['bfloat16 input', 'bfloat16 result', 'feature axis 1', 'mask'])
@@ -83,8 +94,9 @@ def test_batch_norm_without_scale_and_bias():
   ours, theirs = _pair(use_running_average=False, use_scale=False, use_bias=False)
   variables = theirs.init(jax.random.key(7), x)
   assert 'params' not in variables and 'params' not in ours.init(jax.random.key(7), x)
-  (y_a, stats_a), (y_b, stats_b) = (m.apply(variables, x, mutable=['batch_stats'])
-                                    for m in (ours, theirs))
+  (y_a, stats_a), (y_b, stats_b) = (
+      m.apply(variables, x, mutable=['batch_stats']) for m in (ours, theirs)
+  )
   np.testing.assert_allclose(y_a, y_b, rtol=1e-5, atol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), stats_a, stats_b)
 
@@ -104,13 +116,17 @@ def test_batch_statistics_outputs_are_differentiable():
 
 # ------------------------------------------------------------------------------ max-pool
 
-@pytest.mark.parametrize('shape,window,strides,padding', [
-    ((3, 21, 21, 8), (2, 2), (2, 2), 'VALID'),                # odd size floors, as torch
-    ((2, 42, 42, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),       # the ResNet-18 stem's
-    ((2, 6, 7, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
-    ((2, 7, 5, 3), (3, 2), (1, 2), 'SAME'),
-    ((1, 6, 6, 2), (2, 2), None, ((1, 0), (0, 1))),           # default strides: 1
-])
+
+@pytest.mark.parametrize(
+    'shape,window,strides,padding',
+    [
+        ((3, 21, 21, 8), (2, 2), (2, 2), 'VALID'),  # odd size floors, as torch
+        ((2, 42, 42, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),  # the ResNet-18 stem's
+        ((2, 6, 7, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
+        ((2, 7, 5, 3), (3, 2), (1, 2), 'SAME'),
+        ((1, 6, 6, 2), (2, 2), None, ((1, 0), (0, 1))),  # default strides: 1
+    ],
+)
 def test_max_pool_matches_flax(shape, window, strides, padding):
   x = jax.random.normal(jax.random.key(9), shape)  # continuous: no tied maxima
   ours = lambda x: groundwork_cpu.max_pool(x, window, strides, padding)
@@ -125,8 +141,10 @@ def test_max_pool_matches_flax(shape, window, strides, padding):
   np.testing.assert_array_equal(batched[1], theirs(-x))
 
 
-@pytest.mark.parametrize('window,strides,padding', [
-    ((2, 2), (2, 2), 'VALID'), ((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 3), (1, 1), 'SAME')])
+@pytest.mark.parametrize(
+    'window,strides,padding',
+    [((2, 2), (2, 2), 'VALID'), ((3, 3), (2, 2), ((1, 1), (1, 1))), ((2, 3), (1, 1), 'SAME')],
+)
 def test_max_pool_of_other_dtypes_matches_flax(window, strides, padding):
   x = jax.random.normal(jax.random.key(11), (2, 7, 8, 3)).astype(jnp.bfloat16)
   ours = lambda x: groundwork_cpu.max_pool(x, window, strides, padding)
@@ -146,14 +164,17 @@ def test_max_pool_windows_oneDNN_cannot_pad_like_flax_stay_on_xla():
   assert not _uses_ffi(ours, x)
   np.testing.assert_array_equal(ours(x), nn.max_pool(x, (2, 2), (2, 2), ((2, 0), (0, 0))))
   unbatched = jax.random.normal(jax.random.key(14), (5, 5, 2))  # flax adds the batch axis
-  np.testing.assert_array_equal(groundwork_cpu.max_pool(unbatched, (2, 2), (2, 2)),
-                                nn.max_pool(unbatched, (2, 2), (2, 2)))
+  np.testing.assert_array_equal(
+      groundwork_cpu.max_pool(unbatched, (2, 2), (2, 2)), nn.max_pool(unbatched, (2, 2), (2, 2))
+  )
 
 
 # ------------------------------------------------------------------------------ together
 
+
 class _TinyNet(nn.Module):
   """Convolutions, BatchNorm and both pools of the encoders, on either set of layers."""
+
   cpu_kernels: bool
 
   @nn.compact
@@ -162,8 +183,15 @@ class _TinyNet(nn.Module):
     norm = groundwork_cpu.BatchNorm if self.cpu_kernels else nn.BatchNorm
     pool = groundwork_cpu.max_pool if self.cpu_kernels else nn.max_pool
     x = nn.Conv(8, (3, 3), (2, 2), use_bias=False, conv_general_dilated=conv)(x)
-    x = nn.relu(norm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=jnp.float32, param_dtype=jnp.float32)(x))
+    x = nn.relu(
+        norm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+        )(x)
+    )
     x = pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
     x = nn.Conv(8, (3, 3), use_bias=False, conv_general_dilated=conv)(x)
     x = nn.leaky_relu(norm(use_running_average=not train, momentum=0.9)(x), 0.1)
@@ -176,21 +204,25 @@ def test_a_training_step_matches_plain_flax():
   x = jax.random.normal(jax.random.key(15), (4, 16, 16, 3))
   ours, plain = _TinyNet(cpu_kernels=True), _TinyNet(cpu_kernels=False)
   variables = plain.init(jax.random.key(16), x, train=False)
-  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(16), x, train=False),
-               variables)
+  jax.tree.map(
+      np.testing.assert_array_equal, ours.init(jax.random.key(16), x, train=False), variables
+  )
 
   def step(model, params, x):
     def loss(params):
-      out, updates = model.apply({**variables, 'params': params}, x, train=True,
-                                 mutable=['batch_stats'])
+      out, updates = model.apply(
+          {**variables, 'params': params}, x, train=True, mutable=['batch_stats']
+      )
       return jnp.sum(jnp.sin(out)), updates
+
     return jax.value_and_grad(loss, has_aux=True)(params)
 
   (value, updates), grads = jax.jit(lambda p, x: step(ours, p, x))(variables['params'], x)
   (value_plain, updates_plain), grads_plain = step(plain, variables['params'], x)
   np.testing.assert_allclose(value, value_plain, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), updates,
-               updates_plain)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), updates, updates_plain
+  )
   # Relative to each gradient's scale: a few elements near zero differ in every digit.
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_plain)):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(want))))

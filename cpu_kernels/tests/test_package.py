@@ -1,4 +1,5 @@
 """The package: built libraries load at import, without a compiler; failures name the fix."""
+
 import os
 import subprocess
 import sys
@@ -24,10 +25,13 @@ def test_import_runs_no_compiler_and_leaves_the_environment_alone():
   # OMP_WAIT_POLICY is set for libgomp while the libraries load, then unset again.
   env = {**os.environ, 'PATH': '', 'CXX': '/nonexistent', 'JAX_PLATFORMS': 'cpu'}
   env.pop('OMP_WAIT_POLICY', None)
-  code = ('import os, groundwork_cpu; groundwork_cpu.report(); '
-          'print("policy", os.environ.get("OMP_WAIT_POLICY"))')
-  done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
-                        check=False)
+  code = (
+      'import os, groundwork_cpu; groundwork_cpu.report(); '
+      'print("policy", os.environ.get("OMP_WAIT_POLICY"))'
+  )
+  done = subprocess.run(
+      [sys.executable, '-c', code], env=env, capture_output=True, text=True, check=False
+  )
   assert done.returncode == 0, done.stderr
   assert done.stdout.splitlines()[-1] == 'policy None'
 

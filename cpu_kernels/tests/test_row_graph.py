@@ -1,4 +1,5 @@
 """row_graph: W = D^-1/2 (A + A^T) D^-1/2 of kNN lists, against a dense NumPy W."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,8 +25,9 @@ def _dense(graph):
 
 def _random_knn_lists(n, k, seed):
   rng = np.random.default_rng(seed)
-  indices = np.stack([rng.choice(np.delete(np.arange(n), i), k, replace=False)
-                      for i in range(n)]).astype(np.int32)
+  indices = np.stack(
+      [rng.choice(np.delete(np.arange(n), i), k, replace=False) for i in range(n)]
+  ).astype(np.int32)
   return rng.random((n, k)).astype(np.float32), indices
 
 
@@ -54,9 +56,15 @@ def test_a_mutual_pair_is_one_entry_by_hand():
   graph = row_graph.build(values, idx)
   np.testing.assert_array_equal(graph.row_length, [2, 1, 1])
   np.testing.assert_allclose(row_graph.degree(graph), [1.0, 0.8, 0.2], rtol=1e-6)
-  np.testing.assert_allclose(_dense(graph), [[0, 0.8 / np.sqrt(0.8), 0.2 / np.sqrt(0.2)],
-                                             [0.8 / np.sqrt(0.8), 0, 0],
-                                             [0.2 / np.sqrt(0.2), 0, 0]], rtol=1e-6)
+  np.testing.assert_allclose(
+      _dense(graph),
+      [
+          [0, 0.8 / np.sqrt(0.8), 0.2 / np.sqrt(0.2)],
+          [0.8 / np.sqrt(0.8), 0, 0],
+          [0.2 / np.sqrt(0.2), 0, 0],
+      ],
+      rtol=1e-6,
+  )
 
 
 def test_a_column_listed_twice_adds_up():

@@ -29,8 +29,10 @@ def _random_window(key: jax.Array, padded: jax.Array, height: int, width: int) -
   ky, kx = jax.random.split(key)
   top = jax.random.randint(ky, (batch,), 0, padded_h - height + 1)
   left = jax.random.randint(kx, (batch,), 0, padded_w - width + 1)
+
   def window(image, y, x):
     return jax.lax.dynamic_slice(image, (y, x, 0), (height, width, channels))
+
   return jax.vmap(window)(padded, top, left)
 
 
@@ -44,8 +46,9 @@ def random_crop(key: jax.Array, x: jax.Array, padding: int) -> jax.Array:
 def random_translate(key: jax.Array, x: jax.Array, max_shift: int) -> jax.Array:
   """Shifts each image by up to ±max_shift pixels per axis, filling by reflection."""
   _, height, width, _ = x.shape
-  padded = jnp.pad(x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)),
-                   mode='reflect')
+  padded = jnp.pad(
+      x, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode='reflect'
+  )
   return _random_window(key, padded, height, width)
 
 
@@ -65,8 +68,9 @@ def rotate(x: jax.Array, degrees: jax.Array, order: int = 1) -> jax.Array:
   """
   _, height, width, _ = x.shape
   dtype = x.dtype
-  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
-                            jnp.arange(width, dtype=jnp.float32), indexing='ij')
+  rows, cols = jnp.meshgrid(
+      jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing='ij'
+  )
   cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
 
   def one(image, angle_degrees):
@@ -77,9 +81,12 @@ def rotate(x: jax.Array, degrees: jax.Array, order: int = 1) -> jax.Array:
     dy, dx = rows - cy, cols - cx
     src_rows = cos * dy + sin * dx + cy
     src_cols = -sin * dy + cos * dx + cx
+
     def channel(plane):
-      return ndimage.map_coordinates(plane, [src_rows, src_cols], order=order,
-                                     mode='constant', cval=0.0)
+      return ndimage.map_coordinates(
+          plane, [src_rows, src_cols], order=order, mode='constant', cval=0.0
+      )
+
     return jax.vmap(channel, in_axes=2, out_axes=2)(image.astype(jnp.float32))
 
   return _restore_dtype(jax.vmap(one)(x, degrees), dtype)
@@ -113,9 +120,7 @@ def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec) -> jax.A
   return normalize(x, spec.mean, spec.std)
 
 
-def two_views(key: jax.Array, images: jax.Array,
-              spec: AugmentSpec) -> tuple[jax.Array, jax.Array]:
+def two_views(key: jax.Array, images: jax.Array, spec: AugmentSpec) -> tuple[jax.Array, jax.Array]:
   """Two independently augmented views of each image (Mean Teacher's student and teacher)."""
   k1, k2 = jax.random.split(key)
   return augment_batch(k1, images, spec), augment_batch(k2, images, spec)
-

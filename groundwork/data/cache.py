@@ -29,8 +29,11 @@ def source_signature(paths: Sequence[Path]) -> list[list]:
 
 
 def _paths(cache_dir: Path, name: str) -> tuple[Path, Path, Path]:
-  return (cache_dir / f'{name}.images.npy', cache_dir / f'{name}.labels.npy',
-          cache_dir / f'{name}.json')
+  return (
+      cache_dir / f'{name}.images.npy',
+      cache_dir / f'{name}.labels.npy',
+      cache_dir / f'{name}.json',
+  )
 
 
 def read_cache(cache_dir: Path, name: str, signature: list) -> ImageDataset | None:
@@ -43,8 +46,12 @@ def read_cache(cache_dir: Path, name: str, signature: list) -> ImageDataset | No
     if meta.get('signature') != signature:
       logging.info('Cache %s is stale (its source files changed); rebuilding.', meta_path)
       return None
-    return ImageDataset(images=np.load(images_path), labels=np.load(labels_path),
-                        class_names=meta['class_names'], filenames=meta['filenames'])
+    return ImageDataset(
+        images=np.load(images_path),
+        labels=np.load(labels_path),
+        class_names=meta['class_names'],
+        filenames=meta['filenames'],
+    )
   except (OSError, ValueError, KeyError) as e:
     logging.warning('Cache %s cannot be read (%s); rebuilding it.', meta_path, e)
     return None
@@ -53,8 +60,11 @@ def read_cache(cache_dir: Path, name: str, signature: list) -> ImageDataset | No
 def write_cache(cache_dir: Path, name: str, signature: list, dataset: ImageDataset) -> None:
   """Writes the cache; a directory that cannot be written only costs speed."""
   images_path, labels_path, meta_path = _paths(cache_dir, name)
-  meta = {'signature': signature, 'class_names': list(dataset.class_names),
-          'filenames': dataset.filenames}
+  meta = {
+      'signature': signature,
+      'class_names': list(dataset.class_names),
+      'filenames': dataset.filenames,
+  }
   try:
     cache_dir.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)
@@ -67,5 +77,9 @@ def write_cache(cache_dir: Path, name: str, signature: list, dataset: ImageDatas
     partial.write_text(json.dumps(meta))
     os.replace(partial, meta_path)
   except OSError as e:
-    logging.warning('Cannot write the dataset cache in %s (%s); the next run will '
-                    'decode the source files again.', cache_dir, e)
+    logging.warning(
+        'Cannot write the dataset cache in %s (%s); the next run will '
+        'decode the source files again.',
+        cache_dir,
+        e,
+    )

@@ -53,43 +53,158 @@ CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
 # CIFAR-FS (Bertinetto et al., ICLR 2019): 64 / 16 / 20 fine classes.
 CIFAR_FS_SPLITS: dict[str, tuple[str, ...]] = {
     'train': (
-        'apple', 'aquarium_fish', 'bear', 'bee', 'bottle', 'bowl', 'boy', 'bridge', 'bus',
-        'can', 'castle', 'caterpillar', 'chair', 'clock', 'cloud', 'cockroach', 'couch',
-        'cup', 'dinosaur', 'dolphin', 'elephant', 'forest', 'girl', 'hamster', 'house',
-        'kangaroo', 'keyboard', 'lawn_mower', 'lion', 'lizard', 'lobster', 'mountain',
-        'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid', 'palm_tree', 'pear',
-        'pine_tree', 'plate', 'porcupine', 'possum', 'rabbit', 'raccoon', 'ray', 'road',
-        'seal', 'shrew', 'skunk', 'skyscraper', 'snake', 'spider', 'squirrel',
-        'streetcar', 'sunflower', 'tank', 'tiger', 'train', 'trout', 'tulip', 'turtle',
-        'willow_tree', 'wolf'),
+        'apple',
+        'aquarium_fish',
+        'bear',
+        'bee',
+        'bottle',
+        'bowl',
+        'boy',
+        'bridge',
+        'bus',
+        'can',
+        'castle',
+        'caterpillar',
+        'chair',
+        'clock',
+        'cloud',
+        'cockroach',
+        'couch',
+        'cup',
+        'dinosaur',
+        'dolphin',
+        'elephant',
+        'forest',
+        'girl',
+        'hamster',
+        'house',
+        'kangaroo',
+        'keyboard',
+        'lawn_mower',
+        'lion',
+        'lizard',
+        'lobster',
+        'mountain',
+        'mouse',
+        'mushroom',
+        'oak_tree',
+        'orange',
+        'orchid',
+        'palm_tree',
+        'pear',
+        'pine_tree',
+        'plate',
+        'porcupine',
+        'possum',
+        'rabbit',
+        'raccoon',
+        'ray',
+        'road',
+        'seal',
+        'shrew',
+        'skunk',
+        'skyscraper',
+        'snake',
+        'spider',
+        'squirrel',
+        'streetcar',
+        'sunflower',
+        'tank',
+        'tiger',
+        'train',
+        'trout',
+        'tulip',
+        'turtle',
+        'willow_tree',
+        'wolf',
+    ),
     'val': (
-        'beaver', 'beetle', 'butterfly', 'camel', 'cattle', 'crab', 'crocodile',
-        'flatfish', 'lamp', 'maple_tree', 'motorcycle', 'otter', 'sea', 'shark',
-        'television', 'tractor'),
+        'beaver',
+        'beetle',
+        'butterfly',
+        'camel',
+        'cattle',
+        'crab',
+        'crocodile',
+        'flatfish',
+        'lamp',
+        'maple_tree',
+        'motorcycle',
+        'otter',
+        'sea',
+        'shark',
+        'television',
+        'tractor',
+    ),
     'test': (
-        'baby', 'bed', 'bicycle', 'chimpanzee', 'fox', 'leopard', 'man', 'pickup_truck',
-        'plain', 'poppy', 'rocket', 'rose', 'snail', 'sweet_pepper', 'table',
-        'telephone', 'wardrobe', 'whale', 'woman', 'worm'),
+        'baby',
+        'bed',
+        'bicycle',
+        'chimpanzee',
+        'fox',
+        'leopard',
+        'man',
+        'pickup_truck',
+        'plain',
+        'poppy',
+        'rocket',
+        'rose',
+        'snail',
+        'sweet_pepper',
+        'table',
+        'telephone',
+        'wardrobe',
+        'whale',
+        'woman',
+        'worm',
+    ),
 }
 
 # FC100 (Oreshkin et al., NeurIPS 2018): 12 / 4 / 4 superclasses (60 / 20 / 20 fine classes).
 FC100_SPLITS: dict[str, tuple[str, ...]] = {
-    'train': ('fish', 'flowers', 'food_containers', 'fruit_and_vegetables',
-              'household_electrical_devices', 'household_furniture',
-              'large_man-made_outdoor_things', 'large_natural_outdoor_scenes', 'reptiles',
-              'trees', 'vehicles_1', 'vehicles_2'),
-    'val': ('large_carnivores', 'large_omnivores_and_herbivores', 'non-insect_invertebrates',
-            'small_mammals'),
+    'train': (
+        'fish',
+        'flowers',
+        'food_containers',
+        'fruit_and_vegetables',
+        'household_electrical_devices',
+        'household_furniture',
+        'large_man-made_outdoor_things',
+        'large_natural_outdoor_scenes',
+        'reptiles',
+        'trees',
+        'vehicles_1',
+        'vehicles_2',
+    ),
+    'val': (
+        'large_carnivores',
+        'large_omnivores_and_herbivores',
+        'non-insect_invertebrates',
+        'small_mammals',
+    ),
     'test': ('aquatic_mammals', 'insects', 'medium_mammals', 'people'),
 }
 
-_CIFAR10 = dict(folder='cifar-10-batches-py', tarball='cifar-10-python.tar.gz',
-                train=tuple(f'data_batch_{i}' for i in range(1, 6)), test=('test_batch',),
-                meta='batches.meta', names_key='label_names', labels_key='labels',
-                tfds='cifar10')
-_CIFAR100 = dict(folder='cifar-100-python', tarball='cifar-100-python.tar.gz',
-                 train=('train',), test=('test',), meta='meta',
-                 names_key='fine_label_names', labels_key='fine_labels', tfds='cifar100')
+_CIFAR10 = dict(
+    folder='cifar-10-batches-py',
+    tarball='cifar-10-python.tar.gz',
+    train=tuple(f'data_batch_{i}' for i in range(1, 6)),
+    test=('test_batch',),
+    meta='batches.meta',
+    names_key='label_names',
+    labels_key='labels',
+    tfds='cifar10',
+)
+_CIFAR100 = dict(
+    folder='cifar-100-python',
+    tarball='cifar-100-python.tar.gz',
+    train=('train',),
+    test=('test',),
+    meta='meta',
+    names_key='fine_label_names',
+    labels_key='fine_labels',
+    tfds='cifar100',
+)
 
 
 class _Source:
@@ -119,8 +234,9 @@ class _Source:
       for name in names:
         path = self.folder / name
         if not path.is_file():
-          raise FileNotFoundError(f'{path} is missing; the CIFAR folder {self.folder} '
-                                  f'is incomplete.')
+          raise FileNotFoundError(
+              f'{path} is missing; the CIFAR folder {self.folder} ' f'is incomplete.'
+          )
         with open(path, 'rb') as f:
           out[name] = read_legacy_pickle(str(path), f)
       return out
@@ -133,40 +249,61 @@ class _Source:
             name = wanted[member.name]
             out[name] = read_legacy_pickle(self.where(name), tar.extractfile(member))
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-      raise ValueError(f'{self.tarball}: not a readable tar.gz archive ({e}); the file '
-                       f'is truncated or corrupt.') from None
+      raise ValueError(
+          f'{self.tarball}: not a readable tar.gz archive ({e}); the file '
+          f'is truncated or corrupt.'
+      ) from None
     missing = [f'{self.prefix}/{n}' for n in names if n not in out]
     if missing:
-      raise ValueError(f'{self.tarball} lacks {missing}; the archive is truncated or '
-                       f'not the official python version.')
+      raise ValueError(
+          f'{self.tarball} lacks {missing}; the archive is truncated or '
+          f'not the official python version.'
+      )
     return out
 
 
-def _read_batches(source: _Source, contents: dict[str, object], names: Sequence[str],
-                  labels_key: str, class_names: list[str]) -> ImageDataset:
+def _read_batches(
+    source: _Source,
+    contents: dict[str, object],
+    names: Sequence[str],
+    labels_key: str,
+    class_names: list[str],
+) -> ImageDataset:
   images, labels = [], []
   for name in names:
     where = source.where(name)
     batch = str_keys(contents[name], where, ('data', labels_key))
     data = batch['data']
-    if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
-        or data.shape[1] != 3 * 32 * 32):
-      raise ValueError(f'{where}: "data" must be uint8 [N, 3072] (3x32x32 rows), found '
-                       f'{getattr(data, "dtype", type(data).__name__)} '
-                       f'{getattr(data, "shape", "")}.')
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+    ):
+      raise ValueError(
+          f'{where}: "data" must be uint8 [N, 3072] (3x32x32 rows), found '
+          f'{getattr(data, "dtype", type(data).__name__)} '
+          f'{getattr(data, "shape", "")}.'
+      )
     batch_labels = np.asarray(batch[labels_key], np.int64)
     if batch_labels.shape != (len(data),):
-      raise ValueError(f'{where}: "{labels_key}" has {batch_labels.size} entries for '
-                       f'{len(data)} images.')
+      raise ValueError(
+          f'{where}: "{labels_key}" has {batch_labels.size} entries for ' f'{len(data)} images.'
+      )
     if batch_labels.size and (batch_labels.min() < 0 or batch_labels.max() >= len(class_names)):
-      raise ValueError(f'{where}: "{labels_key}" holds values outside '
-                       f'0..{len(class_names) - 1}.')
+      raise ValueError(
+          f'{where}: "{labels_key}" holds values outside ' f'0..{len(class_names) - 1}.'
+      )
     images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     labels.append(batch_labels.astype(np.int32))
   labels = np.concatenate(labels)
   filenames = [f'{i}_{class_names[y]}.png' for i, y in enumerate(labels)]
-  return ImageDataset(images=np.ascontiguousarray(np.concatenate(images)), labels=labels,
-                      class_names=class_names, filenames=filenames)
+  return ImageDataset(
+      images=np.ascontiguousarray(np.concatenate(images)),
+      labels=labels,
+      class_names=class_names,
+      filenames=filenames,
+  )
 
 
 def _load(data_dir: str | os.PathLike, spec: dict) -> tuple[ImageDataset, ImageDataset]:
@@ -176,15 +313,18 @@ def _load(data_dir: str | os.PathLike, spec: dict) -> tuple[ImageDataset, ImageD
     contents = source.read([spec['meta'], *spec['train'], *spec['test']])
     meta = str_keys(contents[spec['meta']], source.where(spec['meta']), (spec['names_key'],))
     class_names = [as_text(n) for n in meta[spec['names_key']]]
-    return tuple(_read_batches(source, contents, spec[part], spec['labels_key'], class_names)
-                 for part in ('train', 'test'))
+    return tuple(
+        _read_batches(source, contents, spec[part], spec['labels_key'], class_names)
+        for part in ('train', 'test')
+    )
   tfds_dir = prepared_tfds_dir(data_dir, spec['tfds'])
   if tfds_dir is not None:
     return load_tfds_split(tfds_dir, 'train'), load_tfds_split(tfds_dir, 'test')
   raise FileNotFoundError(
       f'No {spec["tfds"]} in {data_dir.resolve()}: expected {spec["tarball"]}, the '
       f'extracted {spec["folder"]}/ (from https://www.cs.toronto.edu/~kriz/cifar.html), '
-      f'or a tensorflow-datasets copy under {spec["tfds"]}/<version>/.')
+      f'or a tensorflow-datasets copy under {spec["tfds"]}/<version>/.'
+  )
 
 
 def load_cifar10(data_dir: str | os.PathLike) -> tuple[ImageDataset, ImageDataset]:

@@ -30,20 +30,23 @@ class ImageDataset:
     if self.images.dtype != np.uint8 or self.images.ndim != 4:
       raise ValueError(
           f'ImageDataset.images must be uint8 [N,H,W,C], got {self.images.dtype} '
-          f'{self.images.shape}.')
+          f'{self.images.shape}.'
+      )
     if self.labels.dtype != np.int32 or self.labels.shape != (len(self.images),):
       raise ValueError(
           f'ImageDataset.labels must be int32 [{len(self.images)}], got '
-          f'{self.labels.dtype} {self.labels.shape}.')
-    if len(self.labels) and (self.labels.min() < 0
-                             or self.labels.max() >= len(self.class_names)):
+          f'{self.labels.dtype} {self.labels.shape}.'
+      )
+    if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
       raise ValueError(
           f'ImageDataset.labels must lie in 0..{len(self.class_names) - 1} '
-          f'(one per class name), got {self.labels.min()}..{self.labels.max()}.')
+          f'(one per class name), got {self.labels.min()}..{self.labels.max()}.'
+      )
     if self.filenames is not None and len(self.filenames) != len(self.images):
       raise ValueError(
           f'ImageDataset.filenames has {len(self.filenames)} entries for '
-          f'{len(self.images)} images.')
+          f'{len(self.images)} images.'
+      )
 
   def __len__(self) -> int:
     return len(self.images)
@@ -59,8 +62,8 @@ class ImageDataset:
         images=self.images[indices],
         labels=self.labels[indices],
         class_names=list(self.class_names),
-        filenames=(None if self.filenames is None
-                   else [self.filenames[i] for i in indices]))
+        filenames=(None if self.filenames is None else [self.filenames[i] for i in indices]),
+    )
 
   def select_classes(self, class_names: Sequence[str]) -> ImageDataset:
     """The images of `class_names`, relabelled 0..k-1 in the order given."""
@@ -69,7 +72,8 @@ class ImageDataset:
     if missing:
       raise ValueError(
           f'Classes {missing} are not in this dataset; it has {self.class_names[:5]}'
-          f'{"..." if self.num_classes > 5 else ""} ({self.num_classes} classes).')
+          f'{"..." if self.num_classes > 5 else ""} ({self.num_classes} classes).'
+      )
     old_to_new = np.full(self.num_classes, -1, np.int32)
     for new, name in enumerate(class_names):
       old_to_new[position[name]] = new
@@ -79,8 +83,8 @@ class ImageDataset:
         images=self.images[keep],
         labels=new_labels[keep],
         class_names=list(class_names),
-        filenames=(None if self.filenames is None
-                   else [self.filenames[i] for i in keep]))
+        filenames=(None if self.filenames is None else [self.filenames[i] for i in keep]),
+    )
 
 
 def concatenate(datasets: Sequence[ImageDataset]) -> ImageDataset:
@@ -94,7 +98,8 @@ def concatenate(datasets: Sequence[ImageDataset]) -> ImageDataset:
       images=np.concatenate([d.images for d in datasets]),
       labels=np.concatenate([d.labels for d in datasets]),
       class_names=list(first.class_names),
-      filenames=([f for d in datasets for f in d.filenames] if with_names else None))
+      filenames=([f for d in datasets for f in d.filenames] if with_names else None),
+  )
 
 
 def dense_labels(raw: Sequence[object]) -> tuple[np.ndarray, list]:
@@ -103,19 +108,27 @@ def dense_labels(raw: Sequence[object]) -> tuple[np.ndarray, list]:
   return dense.astype(np.int32).reshape(-1), values.tolist()
 
 
-def check_image_array(array: object, source: str, *, height: int | None = None,
-                      width: int | None = None, channels: int | None = None,
-                      ndim: int = 4) -> np.ndarray:
+def check_image_array(
+    array: object,
+    source: str,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    channels: int | None = None,
+    ndim: int = 4,
+) -> np.ndarray:
   """Returns `array` if it is uint8 with the expected shape, else names `source`."""
   if not isinstance(array, np.ndarray):
-    raise ValueError(f'{source}: expected a numpy uint8 image array, found '
-                     f'{type(array).__name__}.')
+    raise ValueError(
+        f'{source}: expected a numpy uint8 image array, found ' f'{type(array).__name__}.'
+    )
   expected = [None, height, width, channels][:ndim]
-  shape_ok = array.ndim == ndim and all(
-      e is None or s == e for s, e in zip(array.shape, expected))
+  shape_ok = array.ndim == ndim and all(e is None or s == e for s, e in zip(array.shape, expected))
   if array.dtype != np.uint8 or not shape_ok:
     want = 'x'.join('N' if e is None else str(e) for e in expected)
-    raise ValueError(f'{source}: expected uint8 images of shape {want}, found '
-                     f'{array.dtype} {array.shape}; the file is corrupt or not '
-                     f'in the published format.')
+    raise ValueError(
+        f'{source}: expected uint8 images of shape {want}, found '
+        f'{array.dtype} {array.shape}; the file is corrupt or not '
+        f'in the published format.'
+    )
   return array

@@ -17,6 +17,7 @@ def load_digits(seed: int, test_fraction: float = 0.2) -> tuple[ImageDataset, Im
     raise ValueError(f'test_fraction={test_fraction} must lie strictly between 0 and 1.')
   # Imported here: scikit-learn adds about half a second to importing groundwork.data.
   from sklearn import datasets  # pylint: disable=import-outside-toplevel
+
   raw = datasets.load_digits()
   images = np.round(raw.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = raw.target.astype(np.int32)
@@ -27,6 +28,8 @@ def load_digits(seed: int, test_fraction: float = 0.2) -> tuple[ImageDataset, Im
     members = np.flatnonzero(labels == label)
     n_test = int(round(test_fraction * len(members)))
     is_test[rng.choice(members, n_test, replace=False)] = True
+
   def part(mask: np.ndarray) -> ImageDataset:
     return ImageDataset(images=images[mask], labels=labels[mask], class_names=class_names)
+
   return part(~is_test), part(is_test)

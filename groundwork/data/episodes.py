@@ -48,9 +48,15 @@ class Episodes:
       return cls(**{field.name: f[field.name] for field in dataclasses.fields(cls)})
 
 
-def make_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_query: int,
-                  num_episodes: int, seed: int,
-                  class_names: Sequence[str] | None = None) -> Episodes:
+def make_episodes(
+    labels: np.ndarray,
+    n_way: int,
+    k_shot: int,
+    n_query: int,
+    num_episodes: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> Episodes:
   """Draws episodes of n_way distinct classes with disjoint support and query.
 
   Args:
@@ -66,8 +72,10 @@ def make_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_query: int,
   """
   labels = np.asarray(labels)
   if min(n_way, k_shot, num_episodes) < 1 or n_query < 0:
-    raise ValueError(f'Need n_way, k_shot, num_episodes >= 1 and n_query >= 0; got '
-                     f'{n_way}, {k_shot}, {num_episodes}, {n_query}.')
+    raise ValueError(
+        f'Need n_way, k_shot, num_episodes >= 1 and n_query >= 0; got '
+        f'{n_way}, {k_shot}, {num_episodes}, {n_query}.'
+    )
   classes, counts = np.unique(labels, return_counts=True)
   if len(classes) < n_way:
     raise ValueError(f'{n_way}-way episodes need {n_way} classes; the data has {len(classes)}.')
@@ -75,8 +83,10 @@ def make_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_query: int,
   if counts.min() < per_class:
     small = classes[np.argmin(counts)]
     name = f'{class_names[small]!r} (label {small})' if class_names is not None else str(small)
-    raise ValueError(f'Class {name} has {counts.min()} images but k_shot + n_query = '
-                     f'{k_shot} + {n_query} = {per_class} are needed per class.')
+    raise ValueError(
+        f'Class {name} has {counts.min()} images but k_shot + n_query = '
+        f'{k_shot} + {n_query} = {per_class} are needed per class.'
+    )
   members = [np.flatnonzero(labels == c) for c in classes]
   rng = np.random.default_rng(seed)
   support = np.empty((num_episodes, n_way, k_shot), np.int32)
@@ -90,11 +100,16 @@ def make_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_query: int,
       support_idx=support.reshape(num_episodes, -1),
       query_idx=query.reshape(num_episodes, -1),
       support_labels=np.broadcast_to(np.repeat(way, k_shot), (num_episodes, n_way * k_shot)).copy(),
-      query_labels=np.broadcast_to(np.repeat(way, n_query), (num_episodes, n_way * n_query)).copy())
+      query_labels=np.broadcast_to(np.repeat(way, n_query), (num_episodes, n_way * n_query)).copy(),
+  )
 
 
-def episode_batches(images: np.ndarray, episodes: Episodes, batch_size: int,
-                    sharding: jax.sharding.Sharding | None = None) -> Iterator[dict]:
+def episode_batches(
+    images: np.ndarray,
+    episodes: Episodes,
+    batch_size: int,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Iterator[dict]:
   """Consecutive groups of `batch_size` episodes as device arrays, ready for vmap.
 
   Yields dicts with 'support' [b, n_way*k_shot, H, W, C] and 'query' images
@@ -102,7 +117,11 @@ def episode_batches(images: np.ndarray, episodes: Episodes, batch_size: int,
   group may be smaller.
   """
   for start in range(0, len(episodes), batch_size):
-    part = episodes[start:start + batch_size]
-    batch = {'support': images[part.support_idx], 'query': images[part.query_idx],
-             'support_labels': part.support_labels, 'query_labels': part.query_labels}
+    part = episodes[start : start + batch_size]
+    batch = {
+        'support': images[part.support_idx],
+        'query': images[part.query_idx],
+        'support_labels': part.support_labels,
+        'query_labels': part.query_labels,
+    }
     yield jax.device_put(batch, sharding)

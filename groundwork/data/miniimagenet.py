@@ -42,12 +42,15 @@ def _ren_file(split: str) -> str:
 def _read_gidaris(path: Path) -> ImageDataset:
   with open(path, 'rb') as f:
     content = str_keys(read_legacy_pickle(str(path), f), str(path), ('data', 'labels'))
-  images = check_image_array(content['data'], f'{path} ["data"]',
-                             height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3)
+  images = check_image_array(
+      content['data'], f'{path} ["data"]', height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3
+  )
   raw = np.asarray(content['labels'])
   if raw.shape != (len(images),) or not np.issubdtype(raw.dtype, np.integer):
-    raise ValueError(f'{path}: "labels" must hold one integer per image ({len(images)}), '
-                     f'found {raw.dtype} {raw.shape}.')
+    raise ValueError(
+        f'{path}: "labels" must hold one integer per image ({len(images)}), '
+        f'found {raw.dtype} {raw.shape}.'
+    )
   labels, values = dense_labels(raw)
   names = {v: str(v) for v in values}
   if 'catname2label' in content:
@@ -59,10 +62,14 @@ def _read_gidaris(path: Path) -> ImageDataset:
 
 def _read_ren(path: Path) -> ImageDataset:
   with open(path, 'rb') as f:
-    content = str_keys(read_legacy_pickle(str(path), f), str(path),
-                       ('image_data', 'class_dict'))
-  images = check_image_array(content['image_data'], f'{path} ["image_data"]',
-                             height=IMAGE_SIZE, width=IMAGE_SIZE, channels=3)
+    content = str_keys(read_legacy_pickle(str(path), f), str(path), ('image_data', 'class_dict'))
+  images = check_image_array(
+      content['image_data'],
+      f'{path} ["image_data"]',
+      height=IMAGE_SIZE,
+      width=IMAGE_SIZE,
+      channels=3,
+  )
   class_dict = {as_text(k): np.asarray(v, np.int64) for k, v in content['class_dict'].items()}
   class_names = sorted(class_dict)
   labels = np.full(len(images), -1, np.int32)
@@ -74,8 +81,10 @@ def _read_ren(path: Path) -> ImageDataset:
       raise ValueError(f'{path}: class_dict[{name!r}] repeats images of another class.')
     labels[indices] = label
   if np.any(labels < 0):
-    raise ValueError(f'{path}: {int(np.sum(labels < 0))} images belong to no class of '
-                     f'class_dict; the file is incomplete.')
+    raise ValueError(
+        f'{path}: {int(np.sum(labels < 0))} images belong to no class of '
+        f'class_dict; the file is incomplete.'
+    )
   return ImageDataset(images=images, labels=labels, class_names=class_names)
 
 
@@ -83,8 +92,10 @@ def _read_csv(path: Path, image_dir: Path) -> ImageDataset:
   with open(path, newline='') as f:
     rows = list(csv.reader(f))
   if not rows or [c.strip() for c in rows[0]] != ['filename', 'label']:
-    raise ValueError(f'{path}: expected the header "filename,label", found '
-                     f'{rows[0] if rows else "an empty file"}.')
+    raise ValueError(
+        f'{path}: expected the header "filename,label", found '
+        f'{rows[0] if rows else "an empty file"}.'
+    )
   filenames, wnids = [], []
   for line_number, row in enumerate(rows[1:], 2):
     if len(row) != 2:
@@ -103,15 +114,14 @@ def _read_csv(path: Path, image_dir: Path) -> ImageDataset:
           rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
         images[i] = np.asarray(rgb)
     except (OSError, ValueError, SyntaxError) as e:
-      raise ValueError(f'{image_path}: cannot decode the image ({e}); the file is '
-                       f'truncated or corrupt.') from None
+      raise ValueError(
+          f'{image_path}: cannot decode the image ({e}); the file is ' f'truncated or corrupt.'
+      ) from None
   labels, class_names = dense_labels(wnids)
-  return ImageDataset(images=images, labels=labels, class_names=class_names,
-                      filenames=filenames)
+  return ImageDataset(images=images, labels=labels, class_names=class_names, filenames=filenames)
 
 
-def load_miniimagenet(data_dir: str | os.PathLike, split: str,
-                      cache: bool = True) -> ImageDataset:
+def load_miniimagenet(data_dir: str | os.PathLike, split: str, cache: bool = True) -> ImageDataset:
   """One split of miniImageNet from any of the three published formats.
 
   Args:
@@ -133,8 +143,9 @@ def load_miniimagenet(data_dir: str | os.PathLike, split: str,
   if gidaris.is_file():
     source, sources, read = 'pickle', [gidaris], lambda: _read_gidaris(gidaris)
   elif split.startswith('train_phase_') and split != 'train_phase_train':
-    raise FileNotFoundError(f'miniImageNet split {split!r} exists only in the Gidaris '
-                            f'pickles; {gidaris} is absent.')
+    raise FileNotFoundError(
+        f'miniImageNet split {split!r} exists only in the Gidaris ' f'pickles; {gidaris} is absent.'
+    )
   elif ren.is_file():
     source, sources, read = 'ren', [ren], lambda: _read_ren(ren)
   elif csv_path.is_file() and image_dir.is_dir():
@@ -143,7 +154,8 @@ def load_miniimagenet(data_dir: str | os.PathLike, split: str,
     raise FileNotFoundError(
         f'No miniImageNet {split!r} split in {data_dir.resolve()}: expected one of '
         f'{gidaris.name} (Gidaris/MetaOptNet pickles), {ren.name} (Ren et al.), or '
-        f'{csv_path.name} with an images/ folder (Ravi & Larochelle csv).')
+        f'{csv_path.name} with an images/ folder (Ravi & Larochelle csv).'
+    )
 
   cache_dir, cache_name = data_dir / CACHE_DIRNAME, f'miniimagenet_{split}_{source}'
   signature = source_signature(sources)

@@ -31,19 +31,24 @@ _BASE_URL = 'https://github.com/brendenlake/omniglot/raw/master/python/'
 OMNIGLOT_FILES: dict[str, tuple[str, str]] = {
     'images_background.zip': (
         _BASE_URL + 'images_background.zip',
-        'ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640'),
+        'ad41ab679c8b5d90b271ef46be6987cc81211774a695c29dcc5367b2b26ee640',
+    ),
     'images_evaluation.zip': (
         _BASE_URL + 'images_evaluation.zip',
-        '1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee'),
+        '1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee',
+    ),
     'images_background_small1.zip': (
         _BASE_URL + 'images_background_small1.zip',
-        'f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4'),
+        'f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4',
+    ),
     'images_background_small2.zip': (
         _BASE_URL + 'images_background_small2.zip',
-        '3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f'),
+        '3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f',
+    ),
     'all_runs.zip': (
         _BASE_URL + 'one-shot-classification/all_runs.zip',
-        '437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325'),
+        '437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325',
+    ),
 }
 
 _IMAGE_PATH = re.compile(r'^[^/]+/([^/]+)/(character\d+)/([^/]+\.png)$')
@@ -101,8 +106,9 @@ def omniglot_file(data_dir: str | os.PathLike, filename: str, download: bool = T
       message names the file, the directory searched and the official URL.
   """
   if filename not in OMNIGLOT_FILES:
-    raise ValueError(f'Unknown Omniglot file {filename!r}; the official files are '
-                     f'{sorted(OMNIGLOT_FILES)}.')
+    raise ValueError(
+        f'Unknown Omniglot file {filename!r}; the official files are ' f'{sorted(OMNIGLOT_FILES)}.'
+    )
   data_dir = Path(data_dir).expanduser()
   path = data_dir / filename
   if path.is_file():
@@ -119,7 +125,8 @@ def omniglot_file(data_dir: str | os.PathLike, filename: str, download: bool = T
   raise FileNotFoundError(
       f'Omniglot file {filename} is not in {data_dir.resolve()} and {reason}. '
       f'Get it from {url} (sha256 {sha256}) and put it in that directory, '
-      f'or point data_dir at the directory that holds it.')
+      f'or point data_dir at the directory that holds it.'
+  )
 
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
@@ -128,7 +135,8 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
   except (zipfile.BadZipFile, OSError) as e:
     raise ValueError(
         f'{path}: not a readable zip archive ({e}); the file is truncated or '
-        f'corrupt. Delete it and get it again from {OMNIGLOT_FILES[path.name][0]}.') from None
+        f'corrupt. Delete it and get it again from {OMNIGLOT_FILES[path.name][0]}.'
+    ) from None
 
 
 def _read_png(archive: zipfile.ZipFile, member: str, image_size: int) -> np.ndarray:
@@ -138,20 +146,23 @@ def _read_png(archive: zipfile.ZipFile, member: str, image_size: int) -> np.ndar
     with Image.open(io.BytesIO(data)) as image:
       grey = image.convert('L')
   except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
-    raise ValueError(f'{archive.filename}: member {member} cannot be read ({e}); '
-                     f'the archive is corrupt. Get it again from '
-                     f'{OMNIGLOT_FILES[Path(archive.filename).name][0]}.') from None
+    raise ValueError(
+        f'{archive.filename}: member {member} cannot be read ({e}); '
+        f'the archive is corrupt. Get it again from '
+        f'{OMNIGLOT_FILES[Path(archive.filename).name][0]}.'
+    ) from None
   inverted = Image.fromarray(255 - np.asarray(grey))
   if inverted.size != (image_size, image_size):
     inverted = inverted.resize((image_size, image_size), Image.Resampling.LANCZOS)
   return np.asarray(inverted, np.uint8)[..., None]
 
 
-def load_omniglot(data_dir: str | os.PathLike,
-                  archives: Sequence[str] = ('images_background_small1.zip',
-                                             'images_background_small2.zip'),
-                  image_size: int = 28,
-                  download: bool = True) -> ImageDataset:
+def load_omniglot(
+    data_dir: str | os.PathLike,
+    archives: Sequence[str] = ('images_background_small1.zip', 'images_background_small2.zip'),
+    image_size: int = 28,
+    download: bool = True,
+) -> ImageDataset:
   """Omniglot characters from the official zips, deduplicated by alphabet/character.
 
   Args:
@@ -179,8 +190,10 @@ def load_omniglot(data_dir: str | os.PathLike,
         if match:
           found.setdefault(f'{match[1]}/{match[2]}', []).append(member)
       if not found:
-        raise ValueError(f'{archive.filename}: no <Alphabet>/characterNN/*.png images '
-                         f'found; this is not an Omniglot images archive.')
+        raise ValueError(
+            f'{archive.filename}: no <Alphabet>/characterNN/*.png images '
+            f'found; this is not an Omniglot images archive.'
+        )
       for class_name, files in found.items():
         members.setdefault(class_name, (archive, sorted(files)))
 
@@ -199,7 +212,8 @@ def load_omniglot(data_dir: str | os.PathLike,
       images=np.stack(images),
       labels=np.asarray(labels, np.int32),
       class_names=class_names,
-      filenames=filenames)
+      filenames=filenames,
+  )
 
 
 def _parse_lake_labels(source: str, text: str, run: str) -> dict[str, str]:
@@ -211,14 +225,17 @@ def _parse_lake_labels(source: str, text: str, run: str) -> dict[str, str]:
       continue
     match = _LAKE_LABEL_LINE.match(line)
     if not match or match[1] != run or match[3] != run:
-      raise ValueError(f'{source}, line {line_number}: expected '
-                       f'"{run}/test/itemNN.png {run}/training/classNN.png", found {line!r}.')
+      raise ValueError(
+          f'{source}, line {line_number}: expected '
+          f'"{run}/test/itemNN.png {run}/training/classNN.png", found {line!r}.'
+      )
     truth[match[2]] = match[4]
   return truth
 
 
-def load_lake_runs(data_dir: str | os.PathLike, image_size: int = 28,
-                   download: bool = True) -> list[LakeRun]:
+def load_lake_runs(
+    data_dir: str | os.PathLike, image_size: int = 28, download: bool = True
+) -> list[LakeRun]:
   """Lake et al.'s 20 runs of 20-way one-shot classification from all_runs.zip."""
   path = omniglot_file(data_dir, 'all_runs.zip', download)
   runs = []
@@ -226,8 +243,10 @@ def load_lake_runs(data_dir: str | os.PathLike, image_size: int = 28,
     names = set(archive.namelist())
     run_ids = sorted({n.split('/', 1)[0] for n in names if re.match(r'^run\d+/', n)})
     if len(run_ids) != 20:
-      raise ValueError(f'{path}: expected 20 runs run01..run20, found {len(run_ids)}; '
-                       f'the archive is truncated or not all_runs.zip.')
+      raise ValueError(
+          f'{path}: expected 20 runs run01..run20, found {len(run_ids)}; '
+          f'the archive is truncated or not all_runs.zip.'
+      )
     for run in run_ids:
       labels_member = f'{run}/class_labels.txt'
       if labels_member not in names:
@@ -237,23 +256,32 @@ def load_lake_runs(data_dir: str | os.PathLike, image_size: int = 28,
       except (zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:
         raise ValueError(f'{path}: {labels_member} cannot be read ({e}).') from None
       truth = _parse_lake_labels(f'{path}:{labels_member}', text, run)
-      train_files = sorted(n.rsplit('/', 1)[1] for n in names
-                           if re.match(rf'^{run}/training/class\d+\.png$', n))
+      train_files = sorted(
+          n.rsplit('/', 1)[1] for n in names if re.match(rf'^{run}/training/class\d+\.png$', n)
+      )
       test_files = sorted(truth)
       if len(train_files) != 20 or len(test_files) != 20:
-        raise ValueError(f'{path}: {run} has {len(train_files)} training images and '
-                         f'{len(test_files)} labelled test items; expected 20 and 20.')
+        raise ValueError(
+            f'{path}: {run} has {len(train_files)} training images and '
+            f'{len(test_files)} labelled test items; expected 20 and 20.'
+        )
       unknown = sorted(set(truth.values()) - set(train_files))
       if unknown:
-        raise ValueError(f'{path}:{labels_member} names training images {unknown} '
-                         f'that are not in {run}/training/.')
-      runs.append(LakeRun(
-          train_images=np.stack([_read_png(archive, f'{run}/training/{f}', image_size)
-                                 for f in train_files]),
-          test_images=np.stack([_read_png(archive, f'{run}/test/{f}', image_size)
-                                for f in test_files]),
-          test_targets=np.asarray([train_files.index(truth[f]) for f in test_files],
-                                  np.int32)))
+        raise ValueError(
+            f'{path}:{labels_member} names training images {unknown} '
+            f'that are not in {run}/training/.'
+        )
+      runs.append(
+          LakeRun(
+              train_images=np.stack(
+                  [_read_png(archive, f'{run}/training/{f}', image_size) for f in train_files]
+              ),
+              test_images=np.stack(
+                  [_read_png(archive, f'{run}/test/{f}', image_size) for f in test_files]
+              ),
+              test_targets=np.asarray([train_files.index(truth[f]) for f in test_files], np.int32),
+          )
+      )
   return runs
 
 
@@ -270,8 +298,10 @@ def lake_error_rate(runs: Sequence[LakeRun], predictions: Sequence[np.ndarray]) 
   for run, predicted in zip(runs, predictions):
     predicted = np.asarray(predicted)
     if predicted.shape != run.test_targets.shape:
-      raise ValueError(f'Each run needs {run.test_targets.shape[0]} predictions, '
-                       f'got shape {predicted.shape}.')
+      raise ValueError(
+          f'Each run needs {run.test_targets.shape[0]} predictions, '
+          f'got shape {predicted.shape}.'
+      )
     wrong += int(np.sum(predicted != run.test_targets))
     total += predicted.size
   return wrong / total

@@ -12,12 +12,14 @@ _END = object()
 
 
 class _Failure:
+
   def __init__(self, error: BaseException):
     self.error = error
 
 
-def prefetch_to_device(batches: Iterable, size: int = 2,
-                       sharding: jax.sharding.Sharding | None = None) -> Iterator:
+def prefetch_to_device(
+    batches: Iterable, size: int = 2, sharding: jax.sharding.Sharding | None = None
+) -> Iterator:
   """Yields `batches` put on device by a background thread, `size` batches ahead.
 
   Each batch (any pytree of arrays) goes through jax.device_put(batch, sharding).

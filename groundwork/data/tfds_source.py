@@ -29,8 +29,10 @@ def prepared_tfds_dir(data_dir: str | os.PathLike, name: str) -> Path | None:
     candidates += list(data_dir.glob('*/dataset_info.json'))
   if not candidates:
     return None
+
   def version_key(path: Path):
     return tuple(int(p) if p.isdigit() else -1 for p in path.parent.name.split('.'))
+
   return max(candidates, key=version_key).parent
 
 
@@ -41,7 +43,8 @@ def _require_tensorflow(version_dir: Path) -> None:
     raise ImportError(
         f'{version_dir} is a tensorflow-datasets copy, and reading it needs TensorFlow, '
         f'which cannot be imported ({e}). Install the optional extra: {INSTALL_TENSORFLOW}; '
-        "or read the dataset's published files instead.") from None
+        "or read the dataset's published files instead."
+    ) from None
 
 
 def load_tfds_split(version_dir: Path, split: str, label_key: str = 'label') -> ImageDataset:
@@ -53,12 +56,16 @@ def load_tfds_split(version_dir: Path, split: str, label_key: str = 'label') -> 
     builder = tfds.builder_from_directory(str(version_dir))
     arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   except Exception as e:  # tfds raises many types for an unusable copy.
-    raise ValueError(f'{version_dir}: the tensorflow-datasets copy cannot be read '
-                     f'({type(e).__name__}: {e}); prepare it again with '
-                     f'tfds.builder(...).download_and_prepare().') from None
+    raise ValueError(
+        f'{version_dir}: the tensorflow-datasets copy cannot be read '
+        f'({type(e).__name__}: {e}); prepare it again with '
+        f'tfds.builder(...).download_and_prepare().'
+    ) from None
   images = np.asarray(arrays['image'], np.uint8)
   if images.ndim == 3:
     images = images[..., None]
-  return ImageDataset(images=images,
-                      labels=np.asarray(arrays[label_key], np.int32),
-                      class_names=list(builder.info.features[label_key].names))
+  return ImageDataset(
+      images=images,
+      labels=np.asarray(arrays[label_key], np.int32),
+      class_names=list(builder.info.features[label_key].names),
+  )

@@ -34,64 +34,77 @@ _ENCODERS: dict[str, Callable[..., nn.Module]] = {
 
 
 def encoder_names() -> list[str]:
-    """Names accepted by `build_encoder`."""
-    return list(_ENCODERS)
+  """Names accepted by `build_encoder`."""
+  return list(_ENCODERS)
 
 
 def _field_default(factory: Callable[..., nn.Module], field: str):
-    """The value `factory()` gives `field`: a partial's keyword, else the class default."""
-    if isinstance(factory, functools.partial):
-        if field in factory.keywords:
-            return factory.keywords[field]
-        return _field_default(factory.func, field)
-    return {f.name: f.default for f in dataclasses.fields(factory)}[field]
+  """The value `factory()` gives `field`: a partial's keyword, else the class default."""
+  if isinstance(factory, functools.partial):
+    if field in factory.keywords:
+      return factory.keywords[field]
+    return _field_default(factory.func, field)
+  return {f.name: f.default for f in dataclasses.fields(factory)}[field]
 
 
 # Cached so that two encoders built alike compare equal (flax modules are dataclasses) and a
 # jit that takes the model as a static argument compiles once.
 @functools.cache
 def _with_conv_general_dilated(conv: ModuleDef, conv_general_dilated: Callable) -> ModuleDef:
-    return functools.partial(conv, conv_general_dilated=conv_general_dilated)
+  return functools.partial(conv, conv_general_dilated=conv_general_dilated)
 
 
-def _platform_layers(factory: Callable[..., nn.Module],
-                    kernels: types.ModuleType | None) -> dict[str, object]:
-    """The `conv`, `norm` and `pool` fields that put `factory`'s encoder on `kernels`.
+def _platform_layers(
+    factory: Callable[..., nn.Module], kernels: types.ModuleType | None
+) -> dict[str, object]:
+  """The `conv`, `norm` and `pool` fields that put `factory`'s encoder on `kernels`.
 
-    `kernels` is a CPU kernels module (`groundwork.backend.cpu_kernels()`): its
-    `conv_general_dilated` (lax's signature) goes into the encoder's own conv class, its
-    `BatchNorm` (a drop-in `nn.BatchNorm`) and `max_pool` (`nn.max_pool`'s signature) replace
-    flax's. None: no fields, plain flax.
-    """
-    if kernels is None:
-        return {}
-    conv = _with_conv_general_dilated(_field_default(factory, "conv"),
-                                      kernels.conv_general_dilated)
-    return {"conv": conv, "norm": kernels.BatchNorm, "pool": kernels.max_pool}
+  `kernels` is a CPU kernels module (`groundwork.backend.cpu_kernels()`): its
+  `conv_general_dilated` (lax's signature) goes into the encoder's own conv class, its
+  `BatchNorm` (a drop-in `nn.BatchNorm`) and `max_pool` (`nn.max_pool`'s signature) replace
+  flax's. None: no fields, plain flax.
+  """
+  if kernels is None:
+    return {}
+  conv = _with_conv_general_dilated(_field_default(factory, "conv"), kernels.conv_general_dilated)
+  return {"conv": conv, "norm": kernels.BatchNorm, "pool": kernels.max_pool}
 
 
 def build_encoder(name: str, *, cpu_kernels: bool | None = None, **fields) -> nn.Module:
-    """The encoder called `name`, its fields overridden by `fields` (e.g. dtype, widths).
+  """The encoder called `name`, its fields overridden by `fields` (e.g. dtype, widths).
 
-    `cpu_kernels` picks its layers: None takes the `groundwork_cpu` package's where it is
-    installed and JAX computes on the CPU, else flax's; True requires them (RuntimeError
-    saying what to install otherwise); False keeps flax's. `conv`, `norm` or `pool` given in
-    `fields` win over the package's.
-    """
-    if name not in _ENCODERS:
-        raise ValueError(f"Unknown encoder {name!r}; choose one of {encoder_names()}.")
-    factory = _ENCODERS[name]
-    if cpu_kernels is None:
-        kernels = backend.cpu_kernels()
-    elif cpu_kernels:
-        kernels = backend.require_cpu_kernels()
-    else:
-        kernels = None
-    return factory(**{**_platform_layers(factory, kernels), **fields})
+  `cpu_kernels` picks its layers: None takes the `groundwork_cpu` package's where it is
+  installed and JAX computes on the CPU, else flax's; True requires them (RuntimeError
+  saying what to install otherwise); False keeps flax's. `conv`, `norm` or `pool` given in
+  `fields` win over the package's.
+  """
+  if name not in _ENCODERS:
+    raise ValueError(f"Unknown encoder {name!r}; choose one of {encoder_names()}.")
+  factory = _ENCODERS[name]
+  if cpu_kernels is None:
+    kernels = backend.cpu_kernels()
+  elif cpu_kernels:
+    kernels = backend.require_cpu_kernels()
+  else:
+    kernels = None
+  return factory(**{**_platform_layers(factory, kernels), **fields})
 
 
 __all__ = [
-    "BasicBlock", "CNN13", "CNN13Tiny", "Conv4", "Conv4Block", "DropBlock", "ResNet12",
-    "ResNet12Block", "ResNet12Tiny", "ResNet12Wide", "ResNet18", "ResNet18Tiny",
-    "WeightNormConv", "WeightNormDense", "build_encoder", "encoder_names",
+    "BasicBlock",
+    "CNN13",
+    "CNN13Tiny",
+    "Conv4",
+    "Conv4Block",
+    "DropBlock",
+    "ResNet12",
+    "ResNet12Block",
+    "ResNet12Tiny",
+    "ResNet12Wide",
+    "ResNet18",
+    "ResNet18Tiny",
+    "WeightNormConv",
+    "WeightNormDense",
+    "build_encoder",
+    "encoder_names",
 ]

@@ -22,40 +22,40 @@ Dtype = Any
 
 
 class CNN13(nn.Module):
-    """CNN-13 encoder: `(x [B,H,W,3], train) -> (feature_map [B,h,w,C], pooled [B,C])`.
+  """CNN-13 encoder: `(x [B,H,W,3], train) -> (feature_map [B,h,w,C], pooled [B,C])`.
 
-    `widths` are the channels of the three conv stages and the two 1x1 convs.
-    Submodules: `conv1a..conv3c` and `bn1a..bn3c` (the reference names).
-    Dropout 0.5 after each of the first two max-pools uses the 'dropout' rng.
-    """
+  `widths` are the channels of the three conv stages and the two 1x1 convs.
+  Submodules: `conv1a..conv3c` and `bn1a..bn3c` (the reference names).
+  Dropout 0.5 after each of the first two max-pools uses the 'dropout' rng.
+  """
 
-    widths: Sequence[int] = (128, 256, 512, 256, 128)
-    dropout_rate: float = 0.5
-    dtype: Dtype = jnp.float32
-    conv: ModuleDef = WeightNormConv
-    norm: ModuleDef = nn.BatchNorm
-    pool: Callable[..., Array] = nn.max_pool
+  widths: Sequence[int] = (128, 256, 512, 256, 128)
+  dropout_rate: float = 0.5
+  dtype: Dtype = jnp.float32
+  conv: ModuleDef = WeightNormConv
+  norm: ModuleDef = nn.BatchNorm
+  pool: Callable[..., Array] = nn.max_pool
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-        if len(self.widths) != 5:
-            raise ValueError(f"CNN13 needs 5 widths, got widths={tuple(self.widths)}.")
-        act = activation_fn("leaky_relu")
-        w1, w2, w3a, w3b, w3c = self.widths
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+    if len(self.widths) != 5:
+      raise ValueError(f"CNN13 needs 5 widths, got widths={tuple(self.widths)}.")
+    act = activation_fn("leaky_relu")
+    w1, w2, w3a, w3b, w3c = self.widths
 
-        def conv_bn_act(y: Array, name: str, width: int, kernel: int, padding) -> Array:
-            y = self.conv(width, kernel, padding, dtype=self.dtype, name=f"conv{name}")(y)
-            return act(batch_norm(self.norm, train, self.dtype, f"bn{name}")(y))
+    def conv_bn_act(y: Array, name: str, width: int, kernel: int, padding) -> Array:
+      y = self.conv(width, kernel, padding, dtype=self.dtype, name=f"conv{name}")(y)
+      return act(batch_norm(self.norm, train, self.dtype, f"bn{name}")(y))
 
-        for stage, width in (("1", w1), ("2", w2)):
-            for sub in "abc":
-                x = conv_bn_act(x, stage + sub, width, 3, 1)
-            x = self.pool(x, (2, 2), strides=(2, 2), padding="VALID")
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = conv_bn_act(x, "3a", w3a, 3, "VALID")
-        x = conv_bn_act(x, "3b", w3b, 1, "VALID")
-        x = conv_bn_act(x, "3c", w3c, 1, "VALID")
-        return x, jnp.mean(x, axis=(1, 2))
+    for stage, width in (("1", w1), ("2", w2)):
+      for sub in "abc":
+        x = conv_bn_act(x, stage + sub, width, 3, 1)
+      x = self.pool(x, (2, 2), strides=(2, 2), padding="VALID")
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = conv_bn_act(x, "3a", w3a, 3, "VALID")
+    x = conv_bn_act(x, "3b", w3b, 1, "VALID")
+    x = conv_bn_act(x, "3c", w3c, 1, "VALID")
+    return x, jnp.mean(x, axis=(1, 2))
 
 
 # For tests and smoke runs only.

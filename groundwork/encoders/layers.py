@@ -27,21 +27,27 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
-    """Returns the activation called `name` (one of `ACTIVATIONS`)."""
-    if name not in ACTIVATIONS:
-        raise ValueError(
-            f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
-    return ACTIVATIONS[name]
+  """Returns the activation called `name` (one of `ACTIVATIONS`)."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.")
+  return ACTIVATIONS[name]
 
 
-def batch_norm(norm: ModuleDef, train: bool, dtype: Dtype, name: str,
-               momentum: float = 0.9) -> nn.Module:
-    """`norm` (an `nn.BatchNorm`-like class) with PyTorch's defaults.
+def batch_norm(
+    norm: ModuleDef, train: bool, dtype: Dtype, name: str, momentum: float = 0.9
+) -> nn.Module:
+  """`norm` (an `nn.BatchNorm`-like class) with PyTorch's defaults.
 
-    torch's momentum 0.1 is flax's 0.9; epsilon 1e-5 is torch's; parameters stay float32.
-    """
-    return norm(use_running_average=not train, momentum=momentum, epsilon=1e-5,
-                dtype=dtype, param_dtype=jnp.float32, name=name)
+  torch's momentum 0.1 is flax's 0.9; epsilon 1e-5 is torch's; parameters stay float32.
+  """
+  return norm(
+      use_running_average=not train,
+      momentum=momentum,
+      epsilon=1e-5,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
 
 
 # PyTorch's default init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -50,136 +56,145 @@ torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in"
 
 # ---------------------------------------------------------------- DropBlock
 
-def dropblock_gamma(drop_rate: float, block_size: int, height: int, width: int) -> float:
-    """Seed probability such that about `drop_rate` of the units fall in a dropped block.
 
-    Ghiasi et al. 2018, eq. (1): seeds are only drawn where a whole block fits.
-    """
-    valid = (height - block_size + 1) * (width - block_size + 1)
-    return drop_rate / block_size**2 * (height * width) / valid
+def dropblock_gamma(drop_rate: float, block_size: int, height: int, width: int) -> float:
+  """Seed probability such that about `drop_rate` of the units fall in a dropped block.
+
+  Ghiasi et al. 2018, eq. (1): seeds are only drawn where a whole block fits.
+  """
+  valid = (height - block_size + 1) * (width - block_size + 1)
+  return drop_rate / block_size**2 * (height * width) / valid
 
 
 def block_mask_from_seeds(seeds: Array, block_size: int) -> Array:
-    """Keep-mask from block seeds.
+  """Keep-mask from block seeds.
 
-    Args:
-      seeds: [B, H - s + 1, W - s + 1, C], 1 where a block starts (its top-left corner).
-      block_size: s.
-    Returns:
-      [B, H, W, C] with 0 on every s x s block [i, i+s) x [j, j+s) whose seed (i, j) is 1,
-      else 1 (the RFS / MetaOptNet placement: blocks lie wholly inside the map).
-    """
-    pad = block_size - 1
-    covered = jax.lax.reduce_window(
-        seeds, jnp.array(0, seeds.dtype), jax.lax.max,
-        window_dimensions=(1, block_size, block_size, 1),
-        window_strides=(1, 1, 1, 1),
-        padding=((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    return 1 - covered
+  Args:
+    seeds: [B, H - s + 1, W - s + 1, C], 1 where a block starts (its top-left corner).
+    block_size: s.
+  Returns:
+    [B, H, W, C] with 0 on every s x s block [i, i+s) x [j, j+s) whose seed (i, j) is 1,
+    else 1 (the RFS / MetaOptNet placement: blocks lie wholly inside the map).
+  """
+  pad = block_size - 1
+  covered = jax.lax.reduce_window(
+      seeds,
+      jnp.array(0, seeds.dtype),
+      jax.lax.max,
+      window_dimensions=(1, block_size, block_size, 1),
+      window_strides=(1, 1, 1, 1),
+      padding=((0, 0), (pad, pad), (pad, pad), (0, 0)),
+  )
+  return 1 - covered
 
 
 def drop_block(key: Array, x: Array, drop_rate: float, block_size: int) -> Array:
-    """DropBlock (Ghiasi et al. 2018) as in RFS / MetaOptNet's ResNet-12.
+  """DropBlock (Ghiasi et al. 2018) as in RFS / MetaOptNet's ResNet-12.
 
-    Seeds are drawn independently per example and channel; the kept units are rescaled by
-    (number of units) / (number kept) over the whole tensor. A block larger than the map is
-    shrunk to the map, so on a map of that size a seed drops a whole channel.
-    """
-    if not 0.0 <= drop_rate < 1.0:
-        raise ValueError(f"DropBlock needs 0 <= drop_rate < 1, got drop_rate={drop_rate}.")
-    _, height, width, _ = x.shape
-    size = min(block_size, height, width)
-    gamma = dropblock_gamma(drop_rate, size, height, width)
-    seed_shape = (x.shape[0], height - size + 1, width - size + 1, x.shape[3])
-    seeds = jax.random.bernoulli(key, gamma, seed_shape).astype(jnp.float32)
-    keep = block_mask_from_seeds(seeds, size)
-    # Guard against an all-dropped tensor (possible at tiny sizes): output zeros, not NaN.
-    scale = keep.size / jnp.maximum(keep.sum(), 1.0)
-    return x * (keep * scale).astype(x.dtype)
+  Seeds are drawn independently per example and channel; the kept units are rescaled by
+  (number of units) / (number kept) over the whole tensor. A block larger than the map is
+  shrunk to the map, so on a map of that size a seed drops a whole channel.
+  """
+  if not 0.0 <= drop_rate < 1.0:
+    raise ValueError(f"DropBlock needs 0 <= drop_rate < 1, got drop_rate={drop_rate}.")
+  _, height, width, _ = x.shape
+  size = min(block_size, height, width)
+  gamma = dropblock_gamma(drop_rate, size, height, width)
+  seed_shape = (x.shape[0], height - size + 1, width - size + 1, x.shape[3])
+  seeds = jax.random.bernoulli(key, gamma, seed_shape).astype(jnp.float32)
+  keep = block_mask_from_seeds(seeds, size)
+  # Guard against an all-dropped tensor (possible at tiny sizes): output zeros, not NaN.
+  scale = keep.size / jnp.maximum(keep.sum(), 1.0)
+  return x * (keep * scale).astype(x.dtype)
 
 
 class DropBlock(nn.Module):
-    """DropBlock layer; acts only when `deterministic` is False, using the 'dropout' rng."""
+  """DropBlock layer; acts only when `deterministic` is False, using the 'dropout' rng."""
 
-    drop_rate: float
-    block_size: int = 5
+  drop_rate: float
+  block_size: int = 5
 
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        if deterministic or self.drop_rate == 0.0:
-            return x
-        return drop_block(self.make_rng("dropout"), x, self.drop_rate, self.block_size)
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if deterministic or self.drop_rate == 0.0:
+      return x
+    return drop_block(self.make_rng("dropout"), x, self.drop_rate, self.block_size)
 
 
 # ---------------------------------------------------------------- weight norm
 
-def _weight_norm(v: Array, g: Array) -> Array:
-    """w = g * v / ||v||, the norm over all axes but the last (output) one.
 
-    Same parametrisation as `torch.nn.utils.weight_norm(module)` (dim=0 of the torch
-    weight is the output axis, which is last in flax's kernel layout).
-    """
-    axes = tuple(range(v.ndim - 1))
-    return v * (g / jnp.sqrt(jnp.sum(jnp.square(v), axis=axes)))
+def _weight_norm(v: Array, g: Array) -> Array:
+  """w = g * v / ||v||, the norm over all axes but the last (output) one.
+
+  Same parametrisation as `torch.nn.utils.weight_norm(module)` (dim=0 of the torch
+  weight is the output axis, which is last in flax's kernel layout).
+  """
+  axes = tuple(range(v.ndim - 1))
+  return v * (g / jnp.sqrt(jnp.sum(jnp.square(v), axis=axes)))
 
 
 def _weight_norm_params(module: nn.Module, shape: Sequence[int], fan_in: int):
-    """Creates v, g, bias initialised like torch: w = v at init (g = ||v||), torch bias."""
-    v = module.param("v", torch_default_kernel_init, tuple(shape), jnp.float32)
-    axes = tuple(range(len(shape) - 1))
-    g = module.param(
-        "g", lambda _key: jnp.sqrt(jnp.sum(jnp.square(v), axis=axes)))
-    bound = 1.0 / fan_in**0.5
-    bias = module.param(
-        "bias", lambda key: jax.random.uniform(key, (shape[-1],), jnp.float32, -bound, bound))
-    return v, g, bias
+  """Creates v, g, bias initialised like torch: w = v at init (g = ||v||), torch bias."""
+  v = module.param("v", torch_default_kernel_init, tuple(shape), jnp.float32)
+  axes = tuple(range(len(shape) - 1))
+  g = module.param("g", lambda _key: jnp.sqrt(jnp.sum(jnp.square(v), axis=axes)))
+  bound = 1.0 / fan_in**0.5
+  bias = module.param(
+      "bias", lambda key: jax.random.uniform(key, (shape[-1],), jnp.float32, -bound, bound)
+  )
+  return v, g, bias
 
 
 class WeightNormConv(nn.Module):
-    """2-D convolution with weight norm and bias (torch `weight_norm(nn.Conv2d(...))`).
+  """2-D convolution with weight norm and bias (torch `weight_norm(nn.Conv2d(...))`).
 
-    Parameters: `v` [kh, kw, in, out], `g` [out], `bias` [out].
-    `padding` is 'SAME', 'VALID' or an int applied to every side (torch style).
-    `conv_general_dilated` computes the convolution, as in `nn.Conv`.
-    """
+  Parameters: `v` [kh, kw, in, out], `g` [out], `bias` [out].
+  `padding` is 'SAME', 'VALID' or an int applied to every side (torch style).
+  `conv_general_dilated` computes the convolution, as in `nn.Conv`.
+  """
 
-    features: int
-    kernel_size: int = 3
-    padding: str | int = "SAME"
-    dtype: Dtype = jnp.float32
-    conv_general_dilated: Callable[..., Array] = jax.lax.conv_general_dilated
+  features: int
+  kernel_size: int = 3
+  padding: str | int = "SAME"
+  dtype: Dtype = jnp.float32
+  conv_general_dilated: Callable[..., Array] = jax.lax.conv_general_dilated
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k = self.kernel_size
-        in_features = x.shape[-1]
-        v, g, bias = _weight_norm_params(
-            self, (k, k, in_features, self.features), fan_in=k * k * in_features)
-        kernel = _weight_norm(v, g)
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        padding = self.padding
-        if isinstance(padding, int):
-            padding = ((padding, padding), (padding, padding))
-        y = self.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding=padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + bias
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    in_features = x.shape[-1]
+    v, g, bias = _weight_norm_params(
+        self, (k, k, in_features, self.features), fan_in=k * k * in_features
+    )
+    kernel = _weight_norm(v, g)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    padding = self.padding
+    if isinstance(padding, int):
+      padding = ((padding, padding), (padding, padding))
+    y = self.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1, 1),
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + bias
 
 
 class WeightNormDense(nn.Module):
-    """Linear layer with weight norm and bias (torch `weight_norm(nn.Linear(...))`).
+  """Linear layer with weight norm and bias (torch `weight_norm(nn.Linear(...))`).
 
-    Parameters: `v` [in, out], `g` [out], `bias` [out].
-    """
+  Parameters: `v` [in, out], `g` [out], `bias` [out].
+  """
 
-    features: int
-    dtype: Dtype = jnp.float32
+  features: int
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        in_features = x.shape[-1]
-        v, g, bias = _weight_norm_params(
-            self, (in_features, self.features), fan_in=in_features)
-        kernel = _weight_norm(v, g)
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return x @ kernel + bias
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_features = x.shape[-1]
+    v, g, bias = _weight_norm_params(self, (in_features, self.features), fan_in=in_features)
+    kernel = _weight_norm(v, g)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return x @ kernel + bias

@@ -23,80 +23,94 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class ResNet12Block(nn.Module):
-    """One ResNet-12 block: [B, H, W, C_in] -> [B, floor(H/2), floor(W/2), width].
+  """One ResNet-12 block: [B, H, W, C_in] -> [B, floor(H/2), floor(W/2), width].
 
-    DropBlock (after the max-pool, as in RFS) acts when `drop_rate` > 0 and `train`.
-    `make_conv`, `make_norm`, `layer_outputs` and `finish` are the block's parts for
-    subclasses that add layers beside it (fsl/implanting.py); call them from `__call__`.
-    """
+  DropBlock (after the max-pool, as in RFS) acts when `drop_rate` > 0 and `train`.
+  `make_conv`, `make_norm`, `layer_outputs` and `finish` are the block's parts for
+  subclasses that add layers beside it (fsl/implanting.py); call them from `__call__`.
+  """
 
-    width: int
-    activation: str = "leaky_relu"
-    drop_rate: float = 0.0
-    dropblock_size: int = 5
-    dtype: Dtype = jnp.float32
-    conv: ModuleDef = nn.Conv
-    norm: ModuleDef = nn.BatchNorm
-    pool: Callable[..., Array] = nn.max_pool
+  width: int
+  activation: str = "leaky_relu"
+  drop_rate: float = 0.0
+  dropblock_size: int = 5
+  dtype: Dtype = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
+  pool: Callable[..., Array] = nn.max_pool
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        return self.finish(self.layer_outputs(x, train)[-1], train)
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> Array:
+    return self.finish(self.layer_outputs(x, train)[-1], train)
 
-    def make_conv(self, features: int, kernel: int, name: str) -> nn.Module:
-        """A `kernel` x `kernel` 'SAME' conv without bias, initialised like the block's."""
-        return self.conv(features, (kernel, kernel), padding="SAME", use_bias=False,
-                         kernel_init=_conv_init, dtype=self.dtype, name=name)
+  def make_conv(self, features: int, kernel: int, name: str) -> nn.Module:
+    """A `kernel` x `kernel` 'SAME' conv without bias, initialised like the block's."""
+    return self.conv(
+        features,
+        (kernel, kernel),
+        padding="SAME",
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=self.dtype,
+        name=name,
+    )
 
-    def make_norm(self, train: bool, name: str, momentum: float = 0.9) -> nn.Module:
-        return batch_norm(self.norm, train, self.dtype, name, momentum)
+  def make_norm(self, train: bool, name: str, momentum: float = 0.9) -> nn.Module:
+    return batch_norm(self.norm, train, self.dtype, name, momentum)
 
-    def layer_outputs(self, x: Array, train: bool) -> tuple[Array, Array, Array, Array]:
-        """(x, then the activations of conv0, conv1 and conv2, the last after the residual add)."""
-        act = activation_fn(self.activation)
-        shortcut = self.make_conv(self.width, 1, "shortcut_conv")(x)
-        shortcut = self.make_norm(train, "shortcut_bn")(shortcut)
-        outputs = [x]
-        for i in range(3):
-            y = self.make_conv(self.width, 3, f"conv{i}")(outputs[-1])
-            y = self.make_norm(train, f"bn{i}")(y)
-            outputs.append(act(y + shortcut if i == 2 else y))
-        return tuple(outputs)
+  def layer_outputs(self, x: Array, train: bool) -> tuple[Array, Array, Array, Array]:
+    """(x, then the activations of conv0, conv1 and conv2, the last after the residual add)."""
+    act = activation_fn(self.activation)
+    shortcut = self.make_conv(self.width, 1, "shortcut_conv")(x)
+    shortcut = self.make_norm(train, "shortcut_bn")(shortcut)
+    outputs = [x]
+    for i in range(3):
+      y = self.make_conv(self.width, 3, f"conv{i}")(outputs[-1])
+      y = self.make_norm(train, f"bn{i}")(y)
+      outputs.append(act(y + shortcut if i == 2 else y))
+    return tuple(outputs)
 
-    def finish(self, y: Array, train: bool) -> Array:
-        """The block's end: 2x2 max-pool (odd sizes floored), then DropBlock."""
-        y = self.pool(y, (2, 2), strides=(2, 2), padding="VALID")
-        return DropBlock(self.drop_rate, self.dropblock_size)(y, deterministic=not train)
+  def finish(self, y: Array, train: bool) -> Array:
+    """The block's end: 2x2 max-pool (odd sizes floored), then DropBlock."""
+    y = self.pool(y, (2, 2), strides=(2, 2), padding="VALID")
+    return DropBlock(self.drop_rate, self.dropblock_size)(y, deterministic=not train)
 
 
 class ResNet12(nn.Module):
-    """ResNet-12 encoder: `(x [B,H,W,3], train) -> (feature_map [B,h,w,C], pooled [B,C])`.
+  """ResNet-12 encoder: `(x [B,H,W,3], train) -> (feature_map [B,h,w,C], pooled [B,C])`.
 
-    `dropblock=True` turns on DropBlock with `drop_rate` and `dropblock_size` in the last two
-    blocks (block2, block3), as RFS does; it is off by default.
-    """
+  `dropblock=True` turns on DropBlock with `drop_rate` and `dropblock_size` in the last two
+  blocks (block2, block3), as RFS does; it is off by default.
+  """
 
-    widths: Sequence[int] = (64, 128, 256, 512)
-    activation: str = "leaky_relu"
-    dropblock: bool = False
-    drop_rate: float = 0.1
-    dropblock_size: int = 5
-    dtype: Dtype = jnp.float32
-    conv: ModuleDef = nn.Conv
-    norm: ModuleDef = nn.BatchNorm
-    pool: Callable[..., Array] = nn.max_pool
+  widths: Sequence[int] = (64, 128, 256, 512)
+  activation: str = "leaky_relu"
+  dropblock: bool = False
+  drop_rate: float = 0.1
+  dropblock_size: int = 5
+  dtype: Dtype = jnp.float32
+  conv: ModuleDef = nn.Conv
+  norm: ModuleDef = nn.BatchNorm
+  pool: Callable[..., Array] = nn.max_pool
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
-        if len(self.widths) != 4:
-            raise ValueError(f"ResNet12 needs 4 widths, got widths={tuple(self.widths)}.")
-        for i, width in enumerate(self.widths):
-            drop_rate = self.drop_rate if (self.dropblock and i >= 2) else 0.0
-            x = ResNet12Block(width, activation=self.activation, drop_rate=drop_rate,
-                              dropblock_size=self.dropblock_size, dtype=self.dtype,
-                              conv=self.conv, norm=self.norm, pool=self.pool,
-                              name=f"block{i}")(x, train)
-        return x, jnp.mean(x, axis=(1, 2))
+  @nn.compact
+  def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+    if len(self.widths) != 4:
+      raise ValueError(f"ResNet12 needs 4 widths, got widths={tuple(self.widths)}.")
+    for i, width in enumerate(self.widths):
+      drop_rate = self.drop_rate if (self.dropblock and i >= 2) else 0.0
+      x = ResNet12Block(
+          width,
+          activation=self.activation,
+          drop_rate=drop_rate,
+          dropblock_size=self.dropblock_size,
+          dtype=self.dtype,
+          conv=self.conv,
+          norm=self.norm,
+          pool=self.pool,
+          name=f"block{i}",
+      )(x, train)
+    return x, jnp.mean(x, axis=(1, 2))
 
 
 # Default widths: 7,996,800 parameters, the network of Lifchitz et al. 2019.

@@ -1,12 +1,17 @@
 """A function over a whole dataset in fixed-size batches."""
+
 from typing import Callable
 
 import jax
 import numpy as np
 
 
-def map_in_batches(fn: Callable[[np.ndarray], object], images: np.ndarray,
-                   batch_size: int, progress: Callable[[int, int], None] | None = None):
+def map_in_batches(
+    fn: Callable[[np.ndarray], object],
+    images: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+):
   """`fn` over `images` in batches of `batch_size`; outputs concatenated along axis 0.
 
   The last batch is padded with copies of its first image (their outputs
@@ -22,7 +27,7 @@ def map_in_batches(fn: Callable[[np.ndarray], object], images: np.ndarray,
   batch_size = min(batch_size, n)
   outputs = []
   for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
+    chunk = images[start : start + batch_size]
     real = len(chunk)
     if real < batch_size:
       chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - real, axis=0)])

@@ -1,4 +1,5 @@
 """Mean and 95% confidence interval of per-episode accuracies."""
+
 import numpy as np
 
 

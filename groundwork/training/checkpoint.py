@@ -4,6 +4,7 @@ Orbax writes each step into a temporary folder and renames it when complete,
 so a checkpoint being written when the process dies is never restored. A
 latest checkpoint that cannot be read is reported and the one before it used.
 """
+
 import os
 from typing import Any
 
@@ -28,8 +29,10 @@ def _key_name(entry) -> str:
 def _shape_summary(tree) -> dict:
   """'state/params/Dense_0/kernel' -> shape, for templates and saved metadata alike."""
   leaves = jax.tree_util.tree_leaves_with_path(serialization.to_state_dict(tree))
-  return {'/'.join(_key_name(e) for e in path): tuple(getattr(leaf, 'shape', np.shape(leaf)))
-          for path, leaf in leaves}
+  return {
+      '/'.join(_key_name(e) for e in path): tuple(getattr(leaf, 'shape', np.shape(leaf)))
+      for path, leaf in leaves
+  }
 
 
 def _explain_mismatch(saved_meta, template) -> str:
@@ -37,8 +40,11 @@ def _explain_mismatch(saved_meta, template) -> str:
   wanted = _shape_summary(template)
   missing = sorted(set(wanted) - set(saved))[:3]
   extra = sorted(set(saved) - set(wanted))[:3]
-  shapes = [f'{k}: saved {saved[k]} vs model {wanted[k]}'
-            for k in sorted(set(saved) & set(wanted)) if saved[k] != wanted[k]][:3]
+  shapes = [
+      f'{k}: saved {saved[k]} vs model {wanted[k]}'
+      for k in sorted(set(saved) & set(wanted))
+      if saved[k] != wanted[k]
+  ][:3]
   parts = []
   if missing:
     parts.append(f'missing in checkpoint: {missing}')
@@ -58,7 +64,9 @@ class Checkpointer:
         self.directory,
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False))
+            max_to_keep=keep, create=True, enable_async_checkpointing=False
+        ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -81,27 +89,38 @@ class Checkpointer:
     Raises CheckpointMismatchError when the checkpoint holds another model.
     """
     steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
-    template = {'state': state_template,
-                'extra': extra_template if extra_template is not None else {}}
+    template = {
+        'state': state_template,
+        'extra': extra_template if extra_template is not None else {},
+    }
     for candidate in steps:
       try:
         saved = self._manager.item_metadata(candidate)
         if saved is None:
           raise ValueError('no metadata')
       except Exception as err:  # Truncated or corrupt: fall back to an older one.
-        logging.warning('checkpoint %s/%s is unreadable (%s); trying an older one.',
-                        self.directory, candidate, err)
+        logging.warning(
+            'checkpoint %s/%s is unreadable (%s); trying an older one.',
+            self.directory,
+            candidate,
+            err,
+        )
         continue
       mismatch = _explain_mismatch(dict(saved), template)
       if mismatch:
         raise CheckpointMismatchError(
             f'checkpoint {self.directory}/{candidate} was written by another model '
-            f'or shape ({mismatch}). Use a new --workdir, or the config that wrote it.')
+            f'or shape ({mismatch}). Use a new --workdir, or the config that wrote it.'
+        )
       try:
         item = self._manager.restore(candidate, args=ocp.args.StandardRestore(template))
       except Exception as err:
-        logging.warning('checkpoint %s/%s is unreadable (%s); trying an older one.',
-                        self.directory, candidate, err)
+        logging.warning(
+            'checkpoint %s/%s is unreadable (%s); trying an older one.',
+            self.directory,
+            candidate,
+            err,
+        )
         continue
       return item['state'], item['extra'], candidate
     return None

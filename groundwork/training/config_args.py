@@ -3,6 +3,7 @@
 `get_config("dataset=omniglot,head=dc,smoke")` lets one config file serve the
 full run and a tiny local run; a bare word is a flag set to True.
 """
+
 from typing import Any, Mapping
 
 
@@ -26,8 +27,9 @@ def _convert(name: str, text: str, default: Any) -> Any:
   return text
 
 
-def parse_args(arg: str | None, defaults: Mapping[str, Any],
-               choices: Mapping[str, tuple] | None = None) -> dict:
+def parse_args(
+    arg: str | None, defaults: Mapping[str, Any], choices: Mapping[str, tuple] | None = None
+) -> dict:
   """Parses 'k=v,k2=v2,flag' into a dict typed like `defaults`.
 
   Unknown keys and values outside `choices` raise ValueError naming the key
@@ -45,6 +47,5 @@ def parse_args(arg: str | None, defaults: Mapping[str, Any],
     out[name] = _convert(name, value.strip(), defaults[name])
   for name, allowed in choices.items():
     if out[name] not in allowed:
-      raise ValueError(
-          f'config arg {name}={out[name]!r} is not one of {list(allowed)}.')
+      raise ValueError(f'config arg {name}={out[name]!r} is not one of {list(allowed)}.')
   return out

@@ -1,4 +1,5 @@
 """Files a run writes into its workdir: config.json and results.json."""
+
 import json
 import os
 from typing import Any

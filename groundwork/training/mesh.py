@@ -4,6 +4,7 @@ The same step runs on 1 CPU, 8 GPUs or a multi-host TPU slice: the batch is
 split along its first axis over the 'data' axis, parameters are replicated,
 and XLA inserts the gradient all-reduce.
 """
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -26,8 +27,10 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, field: str = 'batch_size') -> None:
   devices = mesh.devices.size
   if batch_size % devices:
-    raise ValueError(f'{field}={batch_size} is not divisible by the {devices} devices; '
-                     f'use a multiple of {devices}.')
+    raise ValueError(
+        f'{field}={batch_size} is not divisible by the {devices} devices; '
+        f'use a multiple of {devices}.'
+    )
 
 
 def shard_batch(tree, mesh: Mesh):
@@ -35,7 +38,8 @@ def shard_batch(tree, mesh: Mesh):
   if jax.process_count() > 1:
     sharding = batch_sharding(mesh)
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+    )
   return jax.device_put(tree, batch_sharding(mesh))
 
 

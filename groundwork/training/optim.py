@@ -3,6 +3,7 @@
 Weight decay is added to the gradient before momentum, as PyTorch's SGD does,
 so the papers' recipes (SGD Nesterov 0.9, wd 5e-4 / 2e-4) mean the same here.
 """
+
 from typing import Callable
 
 import jax.numpy as jnp
@@ -32,13 +33,18 @@ def make_schedule(optim: ml_collections.ConfigDict, steps_per_epoch: int) -> Sch
     total = max(1, int(optim.epochs * steps_per_epoch))
     warmup = int(optim.get('warmup_epochs', 0) * steps_per_epoch)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else optim.lr, peak_value=optim.lr,
-        warmup_steps=warmup, decay_steps=total, end_value=0.0)
+        init_value=0.0 if warmup else optim.lr,
+        peak_value=optim.lr,
+        warmup_steps=warmup,
+        decay_steps=total,
+        end_value=0.0,
+    )
   raise ValueError(f'optim.schedule={optim.schedule!r} is not one of {list(SCHEDULES)}.')
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, steps_per_epoch: int,
-                   schedule: Schedule | None = None) -> tuple[optax.GradientTransformation, Schedule]:
+def make_optimizer(
+    optim: ml_collections.ConfigDict, steps_per_epoch: int, schedule: Schedule | None = None
+) -> tuple[optax.GradientTransformation, Schedule]:
   """SGD (Nesterov when `optim.nesterov`) with coupled weight decay.
 
   `schedule` overrides `optim.schedule` for trainers with a recipe of their own.

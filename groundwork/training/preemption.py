@@ -4,6 +4,7 @@ A pre-empted TPU or a Ctrl-C then costs nothing: the trainer sees `requested`
 after the current step, writes a checkpoint and raises `Preempted`, whose
 message says how to resume (the same command).
 """
+
 import signal
 import sys
 
@@ -13,8 +14,10 @@ class Preempted(SystemExit):
 
   def __init__(self, step: int, directory: str):
     super().__init__(143)
-    self.message = (f'Stopped by a signal at step {step}; checkpoint written to {directory}. '
-                    'Resume by running the same command again.')
+    self.message = (
+        f'Stopped by a signal at step {step}; checkpoint written to {directory}. '
+        'Resume by running the same command again.'
+    )
 
   def __str__(self) -> str:
     return self.message
@@ -32,8 +35,11 @@ class StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.requested = True
-    print(f'Received {signal.Signals(signum).name}: checkpointing after this step.',
-          file=sys.stderr, flush=True)
+    print(
+        f'Received {signal.Signals(signum).name}: checkpointing after this step.',
+        file=sys.stderr,
+        flush=True,
+    )
 
   def __enter__(self) -> 'StopRequest':
     for sig in self.SIGNALS:

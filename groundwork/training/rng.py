@@ -3,6 +3,7 @@
 Folding the step number into the seed means a resumed run draws exactly the
 keys an uninterrupted run would have drawn at that step.
 """
+
 import jax
 
 

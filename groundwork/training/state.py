@@ -1,4 +1,5 @@
 """Training state shared by both trainers."""
+
 from typing import Any
 
 from flax.training import train_state
@@ -10,4 +11,5 @@ class TrainState(train_state.TrainState):
   `step`, `params`, `opt_state` come from flax; `batch_stats` is the mutable
   'batch_stats' collection, updated by every train-mode forward pass.
   """
+
   batch_stats: Any = None
