@@ -15,9 +15,7 @@ Three engines give the same neighbours (up to ties):
   installed), whose compressed indexes also carry the search past one machine's memory.
 
 'auto' picks 'cpu' where `groundwork.backend.cpu_kernels()` has the package (JAX on the CPU,
-package installed), else 'jax'. On 2 CPU cores at N = 50,000, k = 50, d = 128 / 512
-(benchmarks/label_propagation.py) 'cpu' searched in 4.0 / 13.3 s, faiss in 5.5 / 15.1 s and
-'jax' in 13.3 / 22.6 s.
+package installed), else 'jax'; their speeds: docs/performance.md, "Label propagation".
 """
 
 import functools

@@ -10,12 +10,9 @@ Omniglot (CPU), on top of the DC run of the README:
     --config.base_workdir=workdirs/omniglot_conv4_dc --config.data_dir=../shared/data/omniglot \
     --workdir=workdirs/omniglot_conv4_imp
 
-  Measured with --config.eval.batch_episodes=1 on the 10,000 episodes (~0.08 s per
-  episode, 16 minutes on 2 CPU cores): 5-way 5-shot DC 97.06 ± 0.06, DC+IMP
-  97.94 ± 0.05, paired gain +0.88 ± 0.04 (before the oneDNN CPU convolutions, which compute
-  the same function: now ~0.07 s per episode). On CPU batch_episodes gains nothing (Conv-4:
-  13.4 episodes/s at 1, 13.1 at 4): the oneDNN convolutions run the episodes of a batch one
-  after another.
+  With --config.eval.batch_episodes=1 (on a CPU larger batches gain nothing) on the 10,000
+  episodes, 5-way 5-shot: DC 97.06 ± 0.06, DC+IMP 97.94 ± 0.05, paired gain +0.88 ± 0.04;
+  about 0.07 s per episode on 2 CPU cores with the CPU kernels.
 
 miniImageNet (GPU), ResNet-12 base, implants in the last block:
 
@@ -24,13 +21,10 @@ miniImageNet (GPU), ResNet-12 base, implants in the last block:
     --workdir=workdirs/mini_imp
 
   The paper reports DC+IMP 79.77 (5-shot) and 83.83 (10-shot) against DC 78.95 / 82.66.
-  Not run here (no copy of miniImageNet). Speed on an NVIDIA H100
-  (benchmarks/episode_speed.py, measured before training steps used the cached frozen
-  branch, which cuts their work ~30-fold): 66.7 episodes/s for ResNet-12 84x84 at
-  batch_episodes=64 after a ~110 s compile, so 10,000 episodes took ~3 minutes; that
-  batch then needed ~62 GB of GPU memory: on a smaller GPU lower
-  --config.eval.batch_episodes (memory grows linearly with it). On the 2-core CPU:
-  1.8 s per ResNet-12 episode at batch_episodes=1 (5.3 s with XLA's own convolutions).
+  Not run here (no copy of miniImageNet). On an NVIDIA H100, 66.7 episodes/s for ResNet-12
+  84x84 at batch_episodes=64 after a ~110 s compile, ~62 GB of GPU memory (it grows linearly
+  with --config.eval.batch_episodes; lower it on a smaller GPU); on the 2-core CPU 1.9 s per
+  ResNet-12 episode at batch_episodes=1 (docs/performance.md).
 
 Args: dataset (omniglot, miniimagenet, cifar_fs, fc100), smoke.
 """

@@ -15,6 +15,7 @@ _EXPORTS = {
         'FC100_SPLITS',
         'load_cifar10',
         'load_cifar100',
+        'load_cifar_fewshot',
         'load_cifar_fs',
         'load_fc100',
     ),

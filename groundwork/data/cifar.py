@@ -337,21 +337,41 @@ def load_cifar100(data_dir: str | os.PathLike) -> tuple[ImageDataset, ImageDatas
   return _load(data_dir, _CIFAR100)
 
 
-def _few_shot_split(data_dir, classes: Sequence[str]) -> ImageDataset:
+def _fc100_classes(split: str) -> list[str]:
+  return [c for superclass in FC100_SPLITS[split] for c in CIFAR100_SUPERCLASSES[superclass]]
+
+
+_FEW_SHOT_CLASSES = {
+    'cifar_fs': lambda split: CIFAR_FS_SPLITS[split],
+    'fc100': _fc100_classes,
+}
+
+
+def load_cifar_fewshot(data_dir: str | os.PathLike, dataset: str) -> dict[str, ImageDataset]:
+  """The 'train', 'val' and 'test' splits of CIFAR-FS (`dataset='cifar_fs'`) or FC100
+  ('fc100'): all 600 CIFAR-100 images of each class of a split, labels in sorted class order,
+  CIFAR-100 read once."""
+  if dataset not in _FEW_SHOT_CLASSES:
+    raise ValueError(
+        f'{dataset!r} is not a CIFAR few-shot benchmark; use one of ' f'{list(_FEW_SHOT_CLASSES)}.'
+    )
   train, test = load_cifar100(data_dir)
-  return concatenate([train, test]).select_classes(sorted(classes))
+  images = concatenate([train, test])
+  return {
+      split: images.select_classes(sorted(_FEW_SHOT_CLASSES[dataset](split)))
+      for split in ('train', 'val', 'test')
+  }
 
 
 def load_cifar_fs(data_dir: str | os.PathLike, split: str) -> ImageDataset:
   """A CIFAR-FS split: all 600 images of each of its classes, labels in sorted class order."""
   if split not in CIFAR_FS_SPLITS:
     raise ValueError(f'CIFAR-FS split {split!r} is unknown; use one of {list(CIFAR_FS_SPLITS)}.')
-  return _few_shot_split(data_dir, CIFAR_FS_SPLITS[split])
+  return load_cifar_fewshot(data_dir, 'cifar_fs')[split]
 
 
 def load_fc100(data_dir: str | os.PathLike, split: str) -> ImageDataset:
   """An FC100 split: all 600 images of each fine class of its superclasses."""
   if split not in FC100_SPLITS:
     raise ValueError(f'FC100 split {split!r} is unknown; use one of {list(FC100_SPLITS)}.')
-  classes = [c for superclass in FC100_SPLITS[split] for c in CIFAR100_SUPERCLASSES[superclass]]
-  return _few_shot_split(data_dir, classes)
+  return load_cifar_fewshot(data_dir, 'fc100')[split]
