@@ -2,27 +2,82 @@
 
   python benchmarks/paired_comparison.py workdirs/omniglot_conv4_dc workdirs/omniglot_conv4_gap
 
-Both workdirs must have been evaluated with the same eval.seed, n_way and
-episode count (the default), so episode i is the same task for both; the
-difference of their accuracies is then averaged per episode, with its 95% CI.
+Each workdir's episode_accuracies.npz (written by every evaluation) stores, per
+setting, the accuracy of each episode and the identity of the episode list: seed,
+n_way, k_shot, n_query, episode count and a hash of the image indices. Settings
+present in both are paired only if the identities agree, so episode i is the same
+task for both; the difference of their accuracies is then averaged per episode,
+with its 95% CI. Different lists, or files written before identities were stored,
+stop the comparison with a message naming what differs.
 """
 
 import os
 import sys
 
-import numpy as np
-
+from fsl.episodic_evaluation import EPISODE_ACCURACIES_FILE, load_episode_accuracies
 from groundwork.evaluation import mean_ci95
+
+# The order of `episode_list_id`'s fields, the order in which differences are named.
+FIELDS = ('seed', 'n_way', 'k_shot', 'n_query', 'episodes', 'index_sha256')
+
+
+class EpisodeListMismatch(ValueError):
+  """The two workdirs' per-episode accuracies are not on the same episode list."""
+
+
+def _short(key: str, value) -> str:
+  return f'{value[:8]}..' if key == 'index_sha256' else str(value)
+
+
+def identity_differences(a: dict, b: dict) -> list[str]:
+  """`['seed 0 vs 1', 'index hash 3fa2.. vs 91bc..']`: the fields where `a` and `b` differ."""
+  differences = []
+  for key in (*FIELDS, *sorted((set(a) | set(b)) - set(FIELDS))):
+    if a.get(key) != b.get(key):
+      label = 'index hash' if key == 'index_sha256' else key
+      differences.append(f'{label} {_short(key, a.get(key))} vs {_short(key, b.get(key))}')
+  return differences
+
+
+def _load(workdir: str) -> dict:
+  path = os.path.join(workdir, EPISODE_ACCURACIES_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} does not exist: evaluate the workdir first with '
+        f'`python launch/evaluate.py --config=... --workdir={workdir}`.'
+    )
+  settings = load_episode_accuracies(path)
+  unnamed = sorted(name for name, (_, identity) in settings.items() if identity is None)
+  if unnamed:
+    raise EpisodeListMismatch(
+        f'{path} stores no episode-list identity for {", ".join(unnamed)} (written before '
+        "identities were saved), so nothing shows its episodes are the other side's: "
+        f're-evaluate it with `python launch/evaluate.py --config=... --workdir={workdir}`.'
+    )
+  return settings
 
 
 def main(a: str, b: str) -> None:
-  acc_a = np.load(os.path.join(a, 'episode_accuracies.npz'))
-  acc_b = np.load(os.path.join(b, 'episode_accuracies.npz'))
+  acc_a, acc_b = _load(a), _load(b)
+  common = sorted(set(acc_a) & set(acc_b))
+  if not common:
+    raise EpisodeListMismatch(
+        f'No setting in common: {a} has {sorted(acc_a)}, {b} has {sorted(acc_b)}.'
+    )
+  # Check every setting before printing any, so a mismatch never follows half a table.
+  mismatched = []
+  for name in common:
+    differences = identity_differences(acc_a[name][1], acc_b[name][1])
+    if differences:
+      mismatched.append(f'{name}: {"; ".join(differences)}')
+  if mismatched:
+    raise EpisodeListMismatch(
+        'The workdirs were evaluated on different episode lists, so their episodes cannot be '
+        "paired; re-evaluate one with the other's eval settings.\n  " + '\n  '.join(mismatched)
+    )
   print(f'{"setting":<14}{"A %":>9}{"B %":>9}{"A - B (paired) %":>22}  episodes')
-  for name in sorted(set(acc_a.files) & set(acc_b.files)):
-    x, y = acc_a[name], acc_b[name]
-    if x.shape != y.shape:
-      raise ValueError(f'{name}: {len(x)} vs {len(y)} episodes; evaluate both on the same list.')
+  for name in common:
+    x, y = acc_a[name][0], acc_b[name][0]
     diff, ci = mean_ci95(x - y)
     print(
         f'{name:<14}{100 * x.mean():>9.2f}{100 * y.mean():>9.2f}'
@@ -33,4 +88,7 @@ def main(a: str, b: str) -> None:
 if __name__ == '__main__':
   if len(sys.argv) != 3:
     sys.exit(__doc__)
-  main(sys.argv[1], sys.argv[2])
+  try:
+    main(sys.argv[1], sys.argv[2])
+  except (EpisodeListMismatch, FileNotFoundError) as e:
+    sys.exit(f'paired_comparison: {e}')

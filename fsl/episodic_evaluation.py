@@ -3,9 +3,19 @@
 The dataset is embedded once; each episode then only gathers rows, imprints
 prototypes and scores its queries, so thousands of episodes run as a few
 jitted, vmapped batches on device.
+
+Per-episode accuracies are saved as `episode_accuracies.npz` in a workdir
+(`save_episode_accuracies`): one float32 array `[E]` per setting (e.g.
+'5way_1shot'), plus the array 'episode_lists', a 0-d string holding JSON
+`{setting: identity}` where identity is `groundwork.data.episodes.episode_list_id`
+of the episodes the setting was scored on. `np.load(path)['5way_1shot']` still
+reads a setting directly; `benchmarks/paired_comparison.py` pairs two files only
+where the identities agree.
 """
 
 import functools
+import json
+import os
 from typing import Callable, Protocol, Sequence
 
 import jax
@@ -16,6 +26,9 @@ from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototy
 from groundwork.evaluation import map_in_batches, mean_ci95
 
 SCORINGS = ('pooled', 'dense')
+EPISODE_ACCURACIES_FILE = 'episode_accuracies.npz'
+# The npz entry holding the identities; settings are named like '5way_1shot', never this.
+EPISODE_LISTS_KEY = 'episode_lists'
 Progress = Callable[[int, int], None]
 # Batched episode function: (support_idx, query_idx, support_labels, query_labels,
 # episode_ids), each with a leading batch axis -> per-episode accuracies [batch].
@@ -165,6 +178,43 @@ def summarize(accuracies: np.ndarray) -> dict:
   """`{"accuracy", "ci95", "episodes"}` as written to results.json (fractions)."""
   mean, ci95 = mean_ci95(accuracies)
   return {'accuracy': float(mean), 'ci95': float(ci95), 'episodes': int(len(accuracies))}
+
+
+def save_episode_accuracies(path: str, settings: dict[str, tuple[np.ndarray, dict]]) -> None:
+  """Writes `{setting: (accuracies [E], episode-list identity)}` to the npz at `path`.
+
+  The identity (`groundwork.data.episodes.episode_list_id`) says which episodes the
+  accuracies belong to, so a later paired comparison can check it pairs the same tasks.
+  Written atomically: a killed evaluation never leaves a half file to be paired.
+  """
+  arrays, identities = {}, {}
+  for name, (accuracies, identity) in settings.items():
+    if name == EPISODE_LISTS_KEY:
+      raise ValueError(f'{EPISODE_LISTS_KEY!r} is reserved for the identities; rename the setting.')
+    accuracies = np.asarray(accuracies, np.float32)
+    if accuracies.shape != (identity['episodes'],):
+      raise ValueError(
+          f'{name}: accuracies of shape {accuracies.shape} but the episode list holds '
+          f'{identity["episodes"]} episodes.'
+      )
+    arrays[name], identities[name] = accuracies, dict(identity)
+  arrays[EPISODE_LISTS_KEY] = np.asarray(json.dumps(identities, sort_keys=True))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f'{path}.tmp'
+  with open(tmp, 'wb') as f:  # A file object: np.savez would append '.npz' to a name.
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def load_episode_accuracies(path: str) -> dict[str, tuple[np.ndarray, dict | None]]:
+  """`{setting: (accuracies, identity)}` from `save_episode_accuracies`' file.
+
+  Files written before identities were stored give `identity=None` for every setting:
+  the caller decides whether unidentified episode lists are good enough.
+  """
+  with np.load(path, allow_pickle=False) as f:
+    identities = json.loads(str(f[EPISODE_LISTS_KEY])) if EPISODE_LISTS_KEY in f.files else {}
+    return {name: (f[name], identities.get(name)) for name in f.files if name != EPISODE_LISTS_KEY}
 
 
 def embed_in_batches(

@@ -18,15 +18,18 @@ from fsl import fewshot_data
 from fsl.cosine_classifier import CosineClassifier
 from fsl.dense_loss import dense_loss, gap_loss
 from fsl.episodic_evaluation import (
+    EPISODE_ACCURACIES_FILE,
     embed_in_batches,
     episode_accuracies,
     lake_oneshot_error,
     print_progress,
+    save_episode_accuracies,
     summarize,
 )
 from fsl.implanting import wide_control_encoder
 from groundwork import training
 from groundwork.data import AugmentSpec, augment, augment_batch, augment_spec_for, make_episodes
+from groundwork.data.episodes import episode_list_id
 from groundwork.encoders import build_encoder
 
 HEADS = ('gap', 'dc')
@@ -162,7 +165,10 @@ def evaluate_episodes(
     progress=None,
     per_episode: dict | None = None,
 ) -> dict:
-  """Summaries per setting; fills `per_episode` with each setting's accuracies if given."""
+  """Summaries per setting.
+
+  Fills `per_episode`, if given, with each setting's `(accuracies, episode-list identity)`.
+  """
   per_episode = {} if per_episode is None else per_episode
   embed = embed_fn(state, config)
   maps, pooled = None, None
@@ -186,7 +192,10 @@ def evaluate_episodes(
         progress=progress,
     )
     results[f'{config.eval.n_way}way_{k_shot}shot'] = summarize(accuracies)
-    per_episode[f'{config.eval.n_way}way_{k_shot}shot'] = accuracies
+    per_episode[f'{config.eval.n_way}way_{k_shot}shot'] = (
+        accuracies,
+        episode_list_id(episodes, seed),
+    )
   return results
 
 
@@ -219,9 +228,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dic
           per_episode=per_episode,
       )
   }
-  # Per-episode accuracies, so two methods on the same episode list compare paired
-  # (benchmarks/paired_comparison.py).
-  np.savez(os.path.join(workdir, 'episode_accuracies.npz'), **per_episode)
+  # Per-episode accuracies with the identity of their episode list, so two methods compare
+  # paired (benchmarks/paired_comparison.py) only when they scored the same tasks.
+  save_episode_accuracies(os.path.join(workdir, EPISODE_ACCURACIES_FILE), per_episode)
   if data.lake_runs:
     embed = embed_fn(state, config)
     results['lake_oneshot'] = lake_oneshot_error(lambda b: embed(b)[0], data.lake_runs)

@@ -14,6 +14,7 @@ import pytest
 
 from fsl import train as fsl_train
 from fsl import train_implanting as fsl_train_implanting
+from fsl.episodic_evaluation import load_episode_accuracies
 from groundwork import training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -151,6 +152,18 @@ def test_dc_smoke_run_writes_results_json(dc_smoke_workdir):
   written = _check_fewshot_results(dc_smoke_workdir, (1, 5), 20)
   assert written['lake_oneshot']['items'] == 400
   assert 0.0 <= written['lake_oneshot']['error'] <= 1.0
+  per_episode = load_episode_accuracies(str(dc_smoke_workdir / 'episode_accuracies.npz'))
+  assert set(per_episode) == {'5way_1shot', '5way_5shot'}
+  for k_shot in (1, 5):
+    accuracies, identity = per_episode[f'5way_{k_shot}shot']
+    np.testing.assert_allclose(
+        accuracies.mean(), written['fewshot'][f'5way_{k_shot}shot']['accuracy'], atol=1e-6
+    )
+    assert identity['k_shot'] == k_shot and identity['episodes'] == len(accuracies) == 20
+    assert (identity['seed'], identity['n_way'], identity['n_query']) == (0, 5, 2)
+  assert (
+      per_episode['5way_1shot'][1]['index_sha256'] != per_episode['5way_5shot'][1]['index_sha256']
+  )
 
 
 @needs_omniglot
@@ -173,6 +186,20 @@ def test_implanting_smoke_run_on_the_dc_workdir(dc_smoke_workdir, tmp_path):
   np.testing.assert_allclose(
       written['paired_gain']['5way_5shot']['accuracy'], imp['accuracy'] - dc['accuracy'], atol=1e-6
   )
+  # Its own per-episode file: DC+IMP under the setting's name, DC alone under 'dc_', one list.
+  per_episode = load_episode_accuracies(str(tmp_path / 'episode_accuracies.npz'))
+  assert set(per_episode) == {'5way_5shot', 'dc_5way_5shot'}
+  (imp_acc, imp_id), (dc_acc, dc_id) = per_episode['5way_5shot'], per_episode['dc_5way_5shot']
+  np.testing.assert_allclose(imp_acc.mean(), imp['accuracy'], atol=1e-6)
+  np.testing.assert_allclose(dc_acc.mean(), dc['accuracy'], atol=1e-6)
+  assert imp_id == dc_id and len(imp_acc) == imp_id['episodes'] == 8
+  assert (imp_id['seed'], imp_id['n_way'], imp_id['k_shot'], imp_id['n_query']) == (0, 5, 5, 2)
+  # The base run scored 20 episodes, the implanting smoke run 8: not the same list.
+  sys.path.insert(0, str(ROOT / 'benchmarks'))
+  import paired_comparison  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(ValueError, match='5way_5shot: episodes 20 vs 8; index hash'):
+    paired_comparison.main(str(dc_smoke_workdir), str(tmp_path))
 
 
 @needs_omniglot

@@ -8,6 +8,7 @@ comparisons between methods are paired.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 
@@ -102,6 +103,36 @@ def make_episodes(
       support_labels=np.broadcast_to(np.repeat(way, k_shot), (num_episodes, n_way * k_shot)).copy(),
       query_labels=np.broadcast_to(np.repeat(way, n_query), (num_episodes, n_way * n_query)).copy(),
   )
+
+
+def episode_list_id(episodes: Episodes, seed: int) -> dict:
+  """What identifies an episode list, so two per-episode result files can be paired.
+
+  Returns `{'seed', 'n_way', 'k_shot', 'n_query', 'episodes', 'index_sha256'}`: the
+  settings it was drawn with, plus a sha256 (hex) over the shapes and int32 bytes of
+  support_idx, query_idx, support_labels and query_labels. The index arrays are
+  class-major, so the hash also covers which image each class got and the class
+  order; two lists with the same hash score the same tasks in the same order. The
+  seed is recorded because `episodes` does not carry it (and it says why hashes differ).
+  """
+  support_labels = np.asarray(episodes.support_labels)
+  num_episodes = len(support_labels)
+  n_way = int(support_labels.max()) + 1 if support_labels.size else 0
+  digest = hashlib.sha256()
+  for a in (episodes.support_idx, episodes.query_idx, support_labels, episodes.query_labels):
+    # Shapes first: [E, 5] and [E/5, 25] hold the same bytes but are different lists.
+    # Little-endian whatever the machine, so a hash written on one host matches on another.
+    a = np.ascontiguousarray(a, '<i4')
+    digest.update(np.asarray(a.shape, '<i8').tobytes())
+    digest.update(a.tobytes())
+  return {
+      'seed': int(seed),
+      'n_way': n_way,
+      'k_shot': np.shape(episodes.support_idx)[1] // max(n_way, 1),
+      'n_query': np.shape(episodes.query_idx)[1] // max(n_way, 1),
+      'episodes': num_episodes,
+      'index_sha256': digest.hexdigest(),
+  }
 
 
 def episode_batches(
