@@ -91,12 +91,13 @@ test: install data
 	OMNIGLOT_DIR=$(OMNIGLOT_DIR) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m pytest -q -x \
 	  --durations=10
 
-# The CPU kernels' own tests, then the suite again with them installed.
+# The CPU kernels' own tests, then the suite again with them installed (but for the matrix of
+# configs and data formats, which reads data the kernels never touch and takes minutes).
 test-cpu-kernels: data
 	$(MAKE) --no-print-directory install CPU_KERNELS=yes
 	$(PY) -m pytest -q -x cpu_kernels/tests
 	OMNIGLOT_DIR=$(OMNIGLOT_DIR) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m pytest -q -x \
-	  --durations=10
+	  --durations=10 -m "not matrix"
 
 format: $(VENV)/.core-installed
 	$(VENV)/bin/pyink .

@@ -2,13 +2,9 @@
 
 import pickle
 import shutil
-import struct
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from groundwork.data import (
     CIFAR100_SUPERCLASSES,
@@ -21,78 +17,13 @@ from groundwork.data import (
     load_miniimagenet,
 )
 from groundwork.data import miniimagenet as miniimagenet_module
-
-# ---------------------------------------------------------------- Python 2 pickles
-# Python 3 cannot write Python 2 `str` opcodes, so the fixture emits the opcode
-# stream cPickle (protocol 2) writes: SHORT_BINSTRING/BINSTRING for str and
-# numpy's own (_reconstruct, state) form for arrays.
-
-
-def _py2_str(raw: bytes) -> bytes:
-  if len(raw) < 256:
-    return b'U' + bytes([len(raw)]) + raw
-  return b'T' + struct.pack('<I', len(raw)) + raw
-
-
-def _py2_int(value: int) -> bytes:
-  if 0 <= value < 256:
-    return b'K' + bytes([value])
-  return b'J' + struct.pack('<i', value)
-
-
-def _py2_array(array: np.ndarray) -> bytes:
-  array = np.ascontiguousarray(array)
-  assert array.dtype == np.uint8
-  dtype = (
-      b'cnumpy\ndtype\n'
-      + _py2_str(b'u1')
-      + _py2_int(0)
-      + _py2_int(1)
-      + b'\x87R'
-      + b'('
-      + _py2_int(3)
-      + _py2_str(b'|')
-      + b'NNN'
-      + b'J\xff\xff\xff\xff' * 2
-      + _py2_int(0)
-      + b'tb'
-  )
-  shape = b'(' + b''.join(_py2_int(d) for d in array.shape) + b't'
-  return (
-      b'cnumpy.core.multiarray\n_reconstruct\n'
-      + b'cnumpy\nndarray\n'
-      + b'('
-      + _py2_int(0)
-      + b't'
-      + _py2_str(b'b')
-      + b'\x87R'
-      + b'('
-      + _py2_int(1)
-      + shape
-      + dtype
-      + b'\x89'
-      + _py2_str(array.tobytes())
-      + b'tb'
-  )
-
-
-def _py2_object(obj) -> bytes:
-  if isinstance(obj, dict):
-    items = b''.join(_py2_object(k) + _py2_object(v) for k, v in obj.items())
-    return b'}' + (b'(' + items + b'u' if obj else b'')
-  if isinstance(obj, list):
-    return b']' + (b'(' + b''.join(_py2_object(v) for v in obj) + b'e' if obj else b'')
-  if isinstance(obj, str):
-    return _py2_str(obj.encode('latin1'))
-  if isinstance(obj, (int, np.integer)):
-    return _py2_int(int(obj))
-  if isinstance(obj, np.ndarray):
-    return _py2_array(obj)
-  raise TypeError(type(obj))
-
-
-def py2_pickle(obj) -> bytes:
-  return b'\x80\x02' + _py2_object(obj) + b'.'
+from tests.fake_data import CIFAR10_NAMES, py2_pickle
+from tests.fake_data import mini_images as _mini_images
+from tests.fake_data import tar_gz as _tar_gz
+from tests.fake_data import write_cifar10 as _write_cifar10
+from tests.fake_data import write_cifar100 as _cifar100_fixture
+from tests.fake_data import write_csv_split as _write_csv_split
+from tests.fake_data import write_gidaris as _write_gidaris
 
 
 def test_py2_fixture_needs_latin1():
@@ -105,15 +36,6 @@ def test_py2_fixture_needs_latin1():
 
 
 # ---------------------------------------------------------------- miniImageNet
-
-
-def _mini_images(n: int, seed: int) -> np.ndarray:
-  return np.random.default_rng(seed).integers(0, 256, (n, 84, 84, 3), dtype=np.uint8)
-
-
-def _write_gidaris(data_dir: Path, split_name: str, images, labels, catname2label):
-  content = {'data': images, 'labels': list(labels), 'catname2label': catname2label}
-  (data_dir / f'miniImageNet_category_split_{split_name}.pickle').write_bytes(py2_pickle(content))
 
 
 def test_miniimagenet_gidaris_pickle_round_trip_and_cache(tmp_path, monkeypatch):
@@ -163,17 +85,6 @@ def test_miniimagenet_ren_pickle(tmp_path):
   np.testing.assert_array_equal(dataset.images, images)
   np.testing.assert_array_equal(dataset.labels, [1, 0, 0, 1, 0])
   assert dataset.class_names == ['n0a', 'n0b']
-
-
-def _write_csv_split(data_dir: Path, rows, colours):
-  (data_dir / 'images').mkdir(exist_ok=True)
-  for (filename, _), colour in zip(rows, colours):
-    # Not 84x84, so the loader's resize runs; a flat colour survives JPEG and resizing.
-    Image.new('RGB', (100, 90), tuple(colour)).save(
-        data_dir / 'images' / filename, 'JPEG', quality=95
-    )
-  lines = ['filename,label'] + [f'{f},{label}' for f, label in rows]
-  (data_dir / 'train.csv').write_text('\n'.join(lines) + '\n')
 
 
 def test_miniimagenet_csv_resized_and_cached(tmp_path):
@@ -247,52 +158,6 @@ def test_miniimagenet_missing_split_lists_the_three_formats(tmp_path):
 
 # ---------------------------------------------------------------- CIFAR
 
-CIFAR10_NAMES = [
-    'airplane',
-    'automobile',
-    'bird',
-    'cat',
-    'deer',
-    'dog',
-    'frog',
-    'horse',
-    'ship',
-    'truck',
-]
-
-
-def _cifar_rows(n: int, seed: int) -> np.ndarray:
-  return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
-
-
-def _write_cifar10(root: Path) -> tuple[np.ndarray, list[int]]:
-  folder = root / 'cifar-10-batches-py'
-  folder.mkdir(parents=True)
-  rows, labels = _cifar_rows(13, 5), [i % 10 for i in range(13)]
-  for b in range(5):
-    batch = {
-        'batch_label': f'training batch {b + 1} of 5',
-        'labels': labels[2 * b : 2 * b + 2],
-        'data': rows[2 * b : 2 * b + 2],
-        'filenames': ['x.png', 'y.png'],
-    }
-    (folder / f'data_batch_{b + 1}').write_bytes(py2_pickle(batch))
-  test = {
-      'batch_label': 'testing batch 1 of 1',
-      'labels': labels[10:],
-      'data': rows[10:],
-      'filenames': ['t1.png', 't2.png', 't3.png'],
-  }
-  (folder / 'test_batch').write_bytes(py2_pickle(test))
-  meta = {'label_names': CIFAR10_NAMES, 'num_cases_per_batch': 10000, 'num_vis': 3072}
-  (folder / 'batches.meta').write_bytes(py2_pickle(meta))
-  return rows, labels
-
-
-def _tar_gz(folder: Path, tarball: Path):
-  with tarfile.open(tarball, 'w:gz') as tar:
-    tar.add(folder, arcname=folder.name)
-
 
 def test_cifar10_folder_and_tarball_agree(tmp_path):
   rows, labels = _write_cifar10(tmp_path / 'extracted')
@@ -336,28 +201,6 @@ def test_cifar10_bad_inputs_name_the_file(tmp_path):
     load_cifar10(folder)
   with pytest.raises(FileNotFoundError, match='cifar-10-python.tar.gz'):
     load_cifar10(tmp_path / 'empty')
-
-
-def _cifar100_fixture(root: Path) -> list[str]:
-  fine = sorted(name for names in CIFAR100_SUPERCLASSES.values() for name in names)
-  coarse = sorted(CIFAR100_SUPERCLASSES)
-  coarse_of = {f: coarse.index(s) for s, names in CIFAR100_SUPERCLASSES.items() for f in names}
-  folder = root / 'cifar-100-python'
-  folder.mkdir(parents=True)
-  for part, seed in (('train', 6), ('test', 7)):
-    content = {
-        'filenames': [f'{n}.png' for n in fine],
-        'batch_label': part,
-        'fine_labels': list(range(100)),
-        'coarse_labels': [coarse_of[f] for f in fine],
-        'data': _cifar_rows(100, seed),
-    }
-    (folder / part).write_bytes(py2_pickle(content))
-  (folder / 'meta').write_bytes(
-      py2_pickle({'fine_label_names': fine, 'coarse_label_names': coarse})
-  )
-  _tar_gz(folder, root / 'cifar-100-python.tar.gz')
-  return fine
 
 
 def test_cifar_few_shot_class_lists():

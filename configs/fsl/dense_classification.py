@@ -66,9 +66,7 @@ def encoder_kwargs(encoder: str, dataset: str, smoke: bool) -> dict:
     # classification is GAP; pooling in the first two blocks only keeps 7x7.
     pool_blocks = 2 if dataset == 'omniglot' else 4
     return dict(width=8 if smoke else 64, pool_blocks=pool_blocks)
-  if encoder in ('resnet12', 'resnet12_wide'):
-    return dict(widths=(4, 8, 8, 16)) if smoke else {}
-  return {}
+  return dict(widths=(4, 8, 8, 16)) if smoke else {}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
