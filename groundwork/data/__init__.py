@@ -4,7 +4,7 @@ Each name below is imported from its module on first use: a config reads the
 augmentation defaults (`augment_spec_for`) without loading JAX and every reader.
 """
 
-import importlib
+from groundwork.lazy_exports import lazy_exports
 
 _EXPORTS = {
     'groundwork.data.augment': ('augment_batch', 'two_views'),
@@ -40,18 +40,4 @@ _EXPORTS = {
         'two_stream_batches',
     ),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-  # Submodules (`from groundwork.data import augment`) are found by the import system itself.
-  if name not in _MODULE_OF:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-  globals()[name] = value  # Later look-ups no longer come here.
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_MODULE_OF))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

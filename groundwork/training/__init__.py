@@ -4,7 +4,7 @@ Each name below is imported from its module on first use: a config parses its
 `file.py:args` (`parse_args`) without loading JAX, Flax and Orbax.
 """
 
-import importlib
+from groundwork.lazy_exports import lazy_exports
 
 _EXPORTS = {
     'groundwork.training.checkpoint': ('CheckpointMismatchError', 'Checkpointer'),
@@ -24,17 +24,4 @@ _EXPORTS = {
     'groundwork.training.rng': ('seed_key', 'step_rng'),
     'groundwork.training.state': ('TrainState',),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-  if name not in _MODULE_OF:
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
-  value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-  globals()[name] = value  # Later look-ups no longer come here.
-  return value
-
-
-def __dir__():
-  return sorted(set(globals()) | set(_MODULE_OF))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
