@@ -74,6 +74,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'config.labeled_batch_size={config.labeled_batch_size} must lie strictly '
         f'between 0 and config.batch_size={config.batch_size}.'
     )
+  if config.optim.lr <= 0:
+    raise ValueError(f'config.optim.lr={config.optim.lr} must be positive.')
   if config.labels < 1 and not config.label_file:
     raise ValueError(f'config.labels={config.labels} must be at least 1.')
   check_settings(**lp_settings(config))

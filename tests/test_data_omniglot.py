@@ -114,12 +114,23 @@ def test_download_checks_sha256(data_dir, tmp_path, monkeypatch):
   url, sha256 = OMNIGLOT_FILES[SMALL1]
   local = (data_dir / SMALL1).resolve().as_uri()
   monkeypatch.setitem(omniglot_module.OMNIGLOT_FILES, SMALL1, (local, sha256))
+  (tmp_path / 'fresh').mkdir()
   path = omniglot_file(tmp_path / 'fresh', SMALL1)
   assert path.read_bytes() == (data_dir / SMALL1).read_bytes()
   monkeypatch.setitem(omniglot_module.OMNIGLOT_FILES, SMALL1, (local, '0' * 64))
+  (tmp_path / 'bad').mkdir()
   with pytest.raises(FileNotFoundError, match=f'download failed.*sha256 {sha256[:12]}'):
     omniglot_file(tmp_path / 'bad', SMALL1)
   assert list((tmp_path / 'bad').iterdir()) == []  # Nothing kept from a bad download.
+
+
+def test_a_missing_data_dir_is_never_created(data_dir, tmp_path, monkeypatch):
+  local = (data_dir / SMALL1).resolve().as_uri()
+  monkeypatch.setitem(omniglot_module.OMNIGLOT_FILES, SMALL1, (local, OMNIGLOT_FILES[SMALL1][1]))
+  typo = tmp_path / 'omniglott'
+  with pytest.raises(FileNotFoundError, match='omniglott and that directory does not exist'):
+    omniglot_file(typo, SMALL1)
+  assert not typo.exists()
 
 
 def test_truncated_zip_is_reported(data_dir, tmp_path):

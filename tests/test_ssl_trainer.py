@@ -46,6 +46,8 @@ def test_bad_configs_stop_before_any_data_is_read():
     ssl_train.check_config(_config(labeled_batch_size=20))
   with pytest.raises(ValueError, match="config.dataset='svhn' is not one of"):
     ssl_train.check_config(_config(dataset='svhn'))
+  with pytest.raises(ValueError, match='config.optim.lr=-0.05 must be positive'):
+    ssl_train.check_config(_config(**{'optim.lr': -0.05}))
 
 
 @needs_fashion

@@ -66,6 +66,8 @@ def test_schedules():
     training.make_schedule(_optim(schedule='poly'), 1)
   with pytest.raises(ValueError, match='optim.lr=-0.1 must be positive'):
     training.make_schedule(_optim(lr=-0.1), 1)
+  with pytest.raises(ValueError, match='optim.lr=-0.1 must be positive'):
+    training.make_optimizer(_optim(lr=-0.1), 1, schedule=lambda step: 0.1)
 
 
 class _Tiny(nn.Module):

@@ -115,9 +115,11 @@ def omniglot_file(data_dir: str | os.PathLike, filename: str, download: bool = T
     return path
   url, sha256 = OMNIGLOT_FILES[filename]
   reason = 'downloading is disabled'
-  if download:
+  if download and not data_dir.is_dir():
+    # Never created: a mistyped data_dir would fill with a download nobody looks for.
+    reason = 'that directory does not exist (it is not created; make it to download there)'
+  elif download:
     try:
-      data_dir.mkdir(parents=True, exist_ok=True)
       _download(url, sha256, path)
       return path
     except (OSError, ValueError, http.client.HTTPException) as e:

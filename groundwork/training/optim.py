@@ -49,6 +49,8 @@ def make_optimizer(
 
   `schedule` overrides `optim.schedule` for trainers with a recipe of their own.
   """
+  if optim.lr <= 0:  # Also where a trainer brings its own schedule.
+    raise ValueError(f'optim.lr={optim.lr} must be positive.')
   if optim.weight_decay < 0:
     raise ValueError(f'optim.weight_decay={optim.weight_decay} must be >= 0.')
   schedule = schedule or make_schedule(optim, steps_per_epoch)
