@@ -133,6 +133,17 @@ def case_bad_value(config: str, name: str, override: str, field: str):
   )
 
 
+def case_missing_data_dir(config: str, name: str):
+  workdir, typo = fresh(name), os.path.join(_WORKDIR.value, f'{name}_no_such_data_dir')
+  code, out = run(command(config, workdir, f'--config.data_dir={typo}'))
+  created = os.path.exists(typo)
+  return (
+      'stops naming the directory, creates nothing',
+      f'exit {code}, named: {typo in out}, created: {created}',
+      code != 0 and typo in out and not created,
+  )
+
+
 def case_same_seed(config: str, name: str):
   first, second, other = fresh(f'{name}_a'), fresh(f'{name}_b'), fresh(f'{name}_seed1')
   for workdir in (first, second):
@@ -188,6 +199,14 @@ CASES = {
         FSL, 'bad_ds', '--config.dataset=mnist', 'config.dataset'
     ),
     'k_too_large': lambda: case_bad_value(SSL, 'bad_k', '--config.lp.k=100000', 'lp.k'),
+    'negative_lr_ssl': lambda: case_bad_value(
+        SSL, 'bad_lr_ssl', '--config.optim.lr=-0.05', 'optim.lr'
+    ),
+    'alpha_above_one': lambda: case_bad_value(
+        SSL, 'bad_alpha', '--config.lp.alpha=1.5', 'lp.alpha'
+    ),
+    'negative_gamma': lambda: case_bad_value(SSL, 'bad_gamma', '--config.lp.gamma=-3', 'lp.gamma'),
+    'missing_data_dir': lambda: case_missing_data_dir(FSL, 'missing_data'),
 }
 
 
