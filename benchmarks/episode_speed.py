@@ -232,11 +232,11 @@ def jax_implanting(
   """DC+IMP as fsl/train_implanting.py runs it, timed per batch of episodes."""
   import jax  # pylint: disable=import-outside-toplevel
   from fsl.implanting import (  # pylint: disable=import-outside-toplevel
-      ImplantConfig,
       implant_episode_accuracies,
       implanted_encoder,
   )
-  from groundwork import backend, training  # pylint: disable=import-outside-toplevel
+  from fsl.train_implanting import implant_config  # pylint: disable=import-outside-toplevel
+  from groundwork import training  # pylint: disable=import-outside-toplevel
   from groundwork.data import (  # pylint: disable=import-outside-toplevel
       augment,
       augment_spec_for,
@@ -249,14 +249,7 @@ def jax_implanting(
   count = max(2 * batch, -(-episodes_wanted // batch) * batch)  # Whole batches, at least two.
   implanted = implanted_encoder(model.encoder, tuple(imp.implant.layers), imp.implant.width)
   frozen = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
-  implant_config = ImplantConfig(
-      steps=steps or imp.implant.steps,
-      learning_rate=imp.implant.learning_rate,
-      optimizer=imp.implant.optimizer,
-      scoring=imp.implant.scoring,
-      scale=float(state.params["classifier"]["scale"]),
-      unroll=backend.unroll_short_loops(),
-  )
+  settings = implant_config(imp.implant, state, steps)
   spec = augment_spec_for(config.dataset, train=False)
   episodes = make_episodes(labels, imp.eval.n_way, K_SHOT, imp.eval.n_query, count, seed)
   clock = BatchClock()
@@ -266,7 +259,7 @@ def jax_implanting(
       pool,
       episodes,
       training.seed_key(imp.seed),
-      implant_config,
+      settings,
       input_fn=lambda x: augment.normalize(x, spec.mean, spec.std),
       batch_size=batch,
       progress=clock,
@@ -277,9 +270,9 @@ def jax_implanting(
       batch_episodes=batch,
       layers=list(imp.implant.layers),
       width=imp.implant.width,
-      steps=implant_config.steps,
-      optimizer=implant_config.optimizer,
-      learning_rate=implant_config.learning_rate,
+      steps=settings.steps,
+      optimizer=settings.optimizer,
+      learning_rate=settings.learning_rate,
       first_batch_seconds=clock.first_batch_seconds(),
       episodes_per_s=per_s,
       seconds_per_episode=1 / per_s,

@@ -31,6 +31,22 @@ from groundwork.data.episodes import episode_list_id
 from groundwork.evaluation import mean_ci95
 
 
+def implant_config(
+    implant: ml_collections.ConfigDict, state: training.TrainState, steps: int | None = None
+) -> ImplantConfig:
+  """How implants train per episode: `config.implant`'s settings (`steps` overrides its
+  step count), on the platform's loop form."""
+  return ImplantConfig(
+      steps=steps or implant.steps,
+      learning_rate=implant.learning_rate,
+      optimizer=implant.optimizer,
+      scoring=implant.scoring,
+      # The dense loss on the support uses the scale the base classifier learned.
+      scale=float(state.params['classifier']['scale']),
+      unroll=backend.unroll_short_loops(),
+  )
+
+
 def load_base(config: ml_collections.ConfigDict):
   """(base config, restored TrainState, model) of `config.base_workdir`."""
   config_path = os.path.join(config.base_workdir, 'config.json')
@@ -70,15 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   training.save_config(workdir, config)
 
   frozen = {'params': state.params['encoder'], 'batch_stats': state.batch_stats['encoder']}
-  implant_config = ImplantConfig(
-      steps=config.implant.steps,
-      learning_rate=config.implant.learning_rate,
-      optimizer=config.implant.optimizer,
-      scoring=config.implant.scoring,
-      # The dense loss on the support uses the scale the base classifier learned.
-      scale=float(state.params['classifier']['scale']),
-      unroll=backend.unroll_short_loops(),
-  )
+  settings = implant_config(config.implant, state)
   spec = augment_spec_for(base_config.dataset, train=False)
   embed = base_training.embed_fn(state, base_config)
   pooled = embed_in_batches(lambda b: embed(b)[0], data.novel.images, 256)
@@ -102,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         data.novel.images,
         episodes,
         training.seed_key(config.seed),
-        implant_config,
+        settings,
         input_fn=lambda x: augment.normalize(x, spec.mean, spec.std),
         batch_size=config.eval.batch_episodes,
         progress=print_progress,
