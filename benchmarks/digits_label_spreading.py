@@ -22,7 +22,7 @@ import numpy as np
 from sklearn.semi_supervised import LabelSpreading
 
 from groundwork.data import balanced_labeled_indices, load_digits
-from semisup.knn import l2_normalize
+from groundwork.knn import l2_normalize
 from semisup.label_propagation import label_propagation
 
 _LABELS = flags.DEFINE_integer('labels', 100, 'Labelled training images (balanced).')

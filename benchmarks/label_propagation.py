@@ -14,7 +14,7 @@ reference and ours alternating, each after `--pause` seconds of rest (as
 benchmarks/train_speed.py: the side that ran last leaves worker threads spinning), and the
 best run counts (the JAX programs are compiled once per shape, as in training, where every
 epoch has the same N, k and C; the first call, compile included, is reported apart). Our
-graph operator is `--graph` (knn_graph.graph_ops: 'coo', the pure-JAX default, or 'rows',
+graph operator is `--graph` (groundwork.knn_graph.graph_ops: 'coo', the pure-JAX default, or 'rows',
 the groundwork_cpu package's); its build (affinities included) and one product W @ p are
 also timed on their own. Pseudo-label agreement is over all images; the two may differ
 only at near-ties (float32 here, float64 in scipy's CG). The load average before and after
@@ -40,8 +40,9 @@ import scipy.sparse  # noqa: E402  pylint: disable=wrong-import-position
 import scipy.sparse.linalg  # noqa: E402  pylint: disable=wrong-import-position
 import scipy.stats  # noqa: E402  pylint: disable=wrong-import-position
 
-from semisup import knn  # noqa: E402  pylint: disable=wrong-import-position
-from semisup import knn_graph  # noqa: E402  pylint: disable=wrong-import-position
+from groundwork import diffusion  # noqa: E402  pylint: disable=wrong-import-position
+from groundwork import knn  # noqa: E402  pylint: disable=wrong-import-position
+from groundwork import knn_graph  # noqa: E402  pylint: disable=wrong-import-position
 from semisup import label_propagation as lp  # noqa: E402  pylint: disable=wrong-import-position
 
 SETTINGS = ({'d': 128, 'classes': 10, 'labels': 4000}, {'d': 512, 'classes': 100, 'labels': 10000})
@@ -191,7 +192,7 @@ def run_setting(n, k, d, classes, num_labeled, noise, repeats, seed, knn_engine,
   best = {key: min(value) for key, value in times.items()}
 
   # The operator on its own: W from the kNN lists (s^3 included), and one W @ p.
-  build = jax.jit(lambda s, i: ops.build(lp.affinities(s, 3.0, True), i))
+  build = jax.jit(lambda s, i: ops.build(diffusion.affinities(s, 3.0, True), i))
   w = build(jnp.asarray(sims), jnp.asarray(idx))
   p = jax.random.normal(jax.random.key(seed), (n, classes), jnp.float32)
   time.sleep(pause)

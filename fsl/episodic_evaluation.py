@@ -2,7 +2,9 @@
 
 The dataset is embedded once; each episode then only gathers rows, imprints
 prototypes and scores its queries, so thousands of episodes run as a few
-jitted, vmapped batches on device.
+jitted, vmapped batches on device. Transductively (`transductive='pooled'` or 'dense',
+fsl.transductive), each episode instead propagates its support labels over the kNN graph of
+its support and queries; `paired_difference` compares two rules on the same episodes.
 
 Per-episode accuracies are saved as `episode_accuracies.npz` in a workdir
 (`save_episode_accuracies`): one float32 array `[E]` per setting (e.g.
@@ -16,14 +18,16 @@ where the identities agree.
 import functools
 import json
 import os
-from typing import Callable, Protocol, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
 
+from fsl import transductive as transduction
 from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototypes
-from groundwork.evaluation import map_in_batches, mean_ci95
+from groundwork.evaluation import map_in_batches, mean_ci95, retrieval
 
 SCORINGS = ('pooled', 'dense')
 EPISODE_ACCURACIES_FILE = 'episode_accuracies.npz'
@@ -118,21 +122,28 @@ def episode_accuracies(
     *,
     maps: jax.Array | None = None,
     scoring: str = 'pooled',
+    transductive: str = 'none',
+    propagation: transduction.Propagation = transduction.Propagation(),
     n_way: int | None = None,
     batch_size: int = 500,
     progress: Progress | None = None,
 ) -> np.ndarray:
-  """Query accuracy of every episode with imprinted-prototype classification.
+  """Query accuracy of every episode, by imprinted prototypes or by propagation.
 
   Args:
     features: pooled features `[N, C]` of the whole dataset.
     episodes: index/label arrays (see `EpisodesLike`).
-    maps: feature maps `[N, h, w, C]`, needed only for `scoring='dense'`.
-    scoring: 'pooled' (the paper's rule: cosine of pooled query to prototypes) or
-      'dense' (cosine of every query position, averaged). Prototypes always come
-      from pooled support features.
+    maps: feature maps `[N, h, w, C]`, needed only for `scoring='dense'` or
+      `transductive='dense'`.
+    scoring: the inductive rule: 'pooled' (the paper's: cosine of pooled query to
+      prototypes) or 'dense' (cosine of every query position, averaged). Prototypes always
+      come from pooled support features.
+    transductive: 'none' (the inductive rule), or label propagation over the episode's
+      'pooled' features or 'dense' positions (fsl.transductive), which replaces `scoring`.
+    propagation: the propagation's settings.
     n_way: classes per episode; read from the labels when None.
-    batch_size: episodes per jitted call.
+    batch_size: episodes per jitted call; divided by the h * w positions for
+      `transductive='dense'`, whose episode graphs have that many times more nodes.
     progress: called with (episodes done, total) after each batch.
 
   Returns:
@@ -140,38 +151,68 @@ def episode_accuracies(
   """
   if scoring not in SCORINGS:
     raise ValueError(f'scoring={scoring!r} is not one of {list(SCORINGS)}.')
-  if scoring == 'dense' and maps is None:
-    raise ValueError("scoring='dense' needs the feature maps: pass maps=[N, h, w, C].")
+  if transductive not in transduction.MODES:
+    raise ValueError(f'transductive={transductive!r} is not one of {list(transduction.MODES)}.')
+  needs_maps = 'dense' in (scoring, transductive)
+  if needs_maps and maps is None:
+    raise ValueError(
+        "scoring or transductive 'dense' needs the feature maps: pass maps=[N, h, w, C]."
+    )
   n_way = episode_n_way(episodes) if n_way is None else n_way
   _check_indices(episodes, features.shape[0], n_way)
   features = jnp.asarray(features)
-  maps = jnp.asarray(maps) if scoring == 'dense' else None
+  maps = jnp.asarray(maps) if needs_maps else None
+  if transductive == 'dense':
+    batch_size = max(1, batch_size // (maps.shape[1] * maps.shape[2]))
+  rule = dict(n_way=n_way, scoring=scoring, transductive=transductive, propagation=propagation)
   # The dataset arrays are arguments, not closed-over constants, so XLA never embeds them.
   return run_episode_batches(
-      lambda s, q, sl, ql, _: _episode_batch(
-          features, maps, s, q, sl, ql, n_way=n_way, scoring=scoring
-      ),
+      lambda s, q, sl, ql, _: _episode_batch(features, maps, s, q, sl, ql, **rule),
       episodes,
       batch_size,
       progress,
   )
 
 
-# One jitted function for every call (jit caches per shape and n_way/scoring), so
-# evaluating several checkpoints or shot counts compiles once, not once per call.
-@functools.partial(jax.jit, static_argnames=('n_way', 'scoring'))
-def _episode_batch(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):
-  one = functools.partial(_episode_accuracy, n_way=n_way, scoring=scoring)
+# One jitted function for every call (jit caches per shape and rule), so evaluating several
+# checkpoints or shot counts compiles once, not once per call.
+@functools.partial(jax.jit, static_argnames=('n_way', 'scoring', 'transductive', 'propagation'))
+def _episode_batch(features, maps, s_idx, q_idx, s_lab, q_lab, **rule):
+  one = functools.partial(_episode_accuracy, **rule)
   return jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0))(features, maps, s_idx, q_idx, s_lab, q_lab)
 
 
-def _episode_accuracy(features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way: int, scoring: str):
+def _episode_accuracy(
+    features, maps, s_idx, q_idx, s_lab, q_lab, *, n_way, scoring, transductive, propagation
+):
+  if transductive != 'none':
+    nodes = (
+        features[:, None]
+        if transductive == 'pooled'
+        else maps.reshape(maps.shape[0], -1, maps.shape[-1])
+    )
+    scores = transduction.propagation_scores(nodes[s_idx], nodes[q_idx], s_lab, n_way, propagation)
+    return jnp.mean(jnp.argmax(scores, axis=-1) == q_lab)
   prototypes = imprint_prototypes(features[s_idx], s_lab, n_way)
   if scoring == 'dense':
     scores = dense_scores(maps[q_idx], prototypes)
   else:
     scores = classify_by_prototypes(features[q_idx], prototypes)
   return jnp.mean(jnp.argmax(scores, axis=-1) == q_lab)
+
+
+def paired_difference(baseline: np.ndarray, other: np.ndarray) -> dict:
+  """`other`'s summary plus its paired difference from `baseline` on the same episodes:
+  `{"accuracy", "ci95", "episodes", "difference", "difference_ci95"}` (fractions; the 95%
+  interval of the mean per-episode difference)."""
+  baseline, other = np.asarray(baseline), np.asarray(other)
+  if baseline.shape != other.shape:
+    raise ValueError(
+        f'paired_difference needs accuracies of the same episodes; got {baseline.shape} and '
+        f'{other.shape}.'
+    )
+  difference, ci95 = mean_ci95(other.astype(np.float64) - baseline)
+  return {**summarize(other), 'difference': difference, 'difference_ci95': ci95}
 
 
 def summarize(accuracies: np.ndarray) -> dict:
@@ -230,27 +271,187 @@ def embed_in_batches(
 
 
 def lake_oneshot_error(
-    embed_fn: Callable[[np.ndarray], jax.Array], runs: Sequence[LakeRunLike]
+    embed_fn: Callable[[np.ndarray], jax.Array],
+    runs: Sequence[LakeRunLike],
+    *,
+    transductive: str = 'none',
+    propagation: transduction.Propagation = transduction.Propagation(),
+    assignment: bool = False,
 ) -> dict:
-  """Lake et al.'s 20-way one-shot protocol: `{"error": wrong/items, "items": items}`.
+  """Lake et al.'s 20-way one-shot protocol: `{"error": wrong/items, "items": items, "rule"}`.
 
-  In each run every test image goes to the most cosine-similar of the 20 training
-  images (one per class; a 1-shot prototype is the feature's direction), and is
-  wrong when that is not `test_targets`. `embed_fn` maps images `[b, H, W, C]`
-  to pooled features `[b, C]`.
+  In each run every test image goes to the most cosine-similar of the 20 training images
+  (one per class; a 1-shot prototype is the feature's direction), or, with `transductive`,
+  to the class its node receives most of when the 20 labels are propagated over the 40
+  images ('pooled') or their positions ('dense'); it is wrong when that is not
+  `test_targets`. `assignment`: instead give each run's 20 test images one class each, the
+  one-to-one assignment of largest total score (scipy's `linear_sum_assignment`); it
+  exploits how the runs are built (each class is tested exactly once), so it is never a
+  default and `rule` names it.
+
+  `embed_fn` maps images `[b, H, W, C]` to pooled features `[b, C]` or feature maps
+  `[b, h, w, C]` (whose mean over positions is the pooled feature); 'dense' needs maps.
   """
   if not runs:
     raise ValueError(
         'lake_oneshot_error: no runs given; load them with '
         'groundwork.data.load_lake_runs(data_dir).'
     )
+  if transductive not in transduction.MODES:
+    raise ValueError(f'transductive={transductive!r} is not one of {list(transduction.MODES)}.')
   wrong, items = 0, 0
   for run in runs:
     n_train = len(run.train_images)
     train = jnp.asarray(embed_fn(np.asarray(run.train_images)))
     test = jnp.asarray(embed_fn(np.asarray(run.test_images)))
-    prototypes = imprint_prototypes(train, jnp.arange(n_train), n_train)
-    predicted = np.asarray(jnp.argmax(classify_by_prototypes(test, prototypes), axis=-1))
+    if transductive == 'dense' and train.ndim != 4:
+      raise ValueError("transductive='dense' needs embed_fn to return feature maps [b, h, w, C].")
+    if transductive == 'none':
+      pooled = lambda f: f.mean(axis=(1, 2)) if f.ndim == 4 else f
+      prototypes = imprint_prototypes(pooled(train), jnp.arange(n_train), n_train)
+      scores = classify_by_prototypes(pooled(test), prototypes)
+    else:
+      nodes = lambda f: (f.mean(axis=(1, 2)) if f.ndim == 4 else f)[:, None]
+      if transductive == 'dense':
+        nodes = lambda f: f.reshape(f.shape[0], -1, f.shape[-1])
+      scores = _lake_scores(nodes(train), nodes(test), n_way=n_train, propagation=propagation)
+    scores = np.asarray(scores)
+    if assignment:
+      test_rows, classes = scipy.optimize.linear_sum_assignment(scores, maximize=True)
+      predicted = classes[np.argsort(test_rows)]
+    else:
+      predicted = scores.argmax(axis=-1)
     wrong += int(np.sum(predicted != np.asarray(run.test_targets)))
     items += len(run.test_targets)
-  return {'error': wrong / items, 'items': items}
+  return {'error': wrong / items, 'items': items, 'rule': lake_rule(transductive, assignment)}
+
+
+def lake_rule(transductive: str, assignment: bool) -> str:
+  """The name of a Lake scoring rule, as results and tables print it."""
+  rule = 'prototypes' if transductive == 'none' else f'propagation over {transductive} features'
+  return rule + (' + one-to-one assignment' if assignment else '')
+
+
+@functools.partial(jax.jit, static_argnames=('n_way', 'propagation'))
+def _lake_scores(train, test, *, n_way, propagation):
+  return transduction.propagation_scores(train, test, jnp.arange(n_way), n_way, propagation)
+
+
+# ----------------------------------------------------------------------------
+# The config's inference rules, as the trainers use them.
+# ----------------------------------------------------------------------------
+class InferenceRules(NamedTuple):
+  """What `config.eval` asks beyond the inductive prototypes."""
+
+  transductive: str  # fsl.transductive.MODES.
+  propagation: transduction.Propagation
+  lake_assignment: bool
+  retrieval: dict | None  # `retrieval_report`'s settings; None: no retrieval metrics.
+
+
+def inference_rules(eval_config) -> InferenceRules:
+  """`config.eval`'s rules; fields absent from a workdir's older config take their defaults
+  (none of them on)."""
+  propagation = eval_config.get('propagation')
+  retrieval = eval_config.get('retrieval')
+  return InferenceRules(
+      transductive=eval_config.get('transductive', 'none'),
+      propagation=transduction.Propagation(
+          **({} if propagation is None else propagation.to_dict())
+      ),
+      lake_assignment=eval_config.get('lake_assignment', False),
+      retrieval=(
+          None
+          if retrieval is None or not retrieval.enabled
+          else {k: v for k, v in retrieval.to_dict().items() if k != 'enabled'}
+      ),
+  )
+
+
+def check_inference_rules(eval_config) -> None:
+  """A ValueError naming the `config.eval` field of a rule out of range (before training)."""
+  rules = inference_rules(eval_config)
+  # Graphs of images are the smallest ('dense' multiplies them by the positions).
+  smallest = eval_config.n_way * (min(eval_config.shots) + eval_config.n_query)
+  if eval_config.get('lake'):
+    smallest = min(smallest, 40)  # A Lake run: 20 training and 20 test images.
+  transduction.check_settings(rules.transductive, rules.propagation, smallest)
+  if rules.retrieval is not None:
+    checked = ('k', 'query_k', 'gamma', 'alpha', 'cg_iterations')
+    retrieval.check_settings(
+        config_path='config.eval.retrieval', **{k: rules.retrieval[k] for k in checked}
+    )
+
+
+def lake_results(pooled_fn, maps_fn, runs: Sequence[LakeRunLike], rules: InferenceRules) -> dict:
+  """Lake's error by every rule asked for, under results.json keys that name the rule:
+  'lake_oneshot' (prototypes), then '_transductive_{mode}' and '_assignment' variants.
+  `pooled_fn`, `maps_fn`: images -> pooled features, feature maps."""
+  modes = ('none',) + (() if rules.transductive == 'none' else (rules.transductive,))
+  results = {}
+  for mode in modes:
+    for assignment in (False, True) if rules.lake_assignment else (False,):
+      key = 'lake_oneshot' + ('' if mode == 'none' else f'_transductive_{mode}')
+      results[key + ('_assignment' if assignment else '')] = lake_oneshot_error(
+          maps_fn if mode == 'dense' else pooled_fn,
+          runs,
+          transductive=mode,
+          propagation=rules.propagation,
+          assignment=assignment,
+      )
+  return results
+
+
+def inference_scalars(results: dict) -> dict:
+  """TensorBoard scalars of the transductive, Lake-variant and retrieval entries of
+  `results` (those `result_scalars` does not plot)."""
+  scalars = {}
+  for name, summary in results['fewshot'].items():
+    for rule, entry in summary.items():
+      if rule.startswith('transductive_'):
+        scalars[f'{name}_{rule}_accuracy'] = entry['accuracy']
+        scalars[f'{name}_{rule}_difference'] = entry['difference']
+  for key, entry in results.items():
+    if key.startswith('lake_oneshot_'):
+      scalars[f'{key}_error'] = entry['error']
+  for metric, value in results.get('retrieval', {}).items():
+    scalars[f'retrieval_{metric}'] = value
+  return scalars
+
+
+def print_inference(results: dict) -> None:
+  """The transductive rows (paired differences), Lake's other rules, the retrieval table."""
+  for name, summary in results['fewshot'].items():
+    for rule, entry in summary.items():
+      if rule.startswith('transductive_'):
+        print(
+            f'{name} {rule}: {100 * entry["accuracy"]:.2f} +- {100 * entry["ci95"]:.2f}, '
+            f'paired difference from prototypes {100 * entry["difference"]:+.2f} +- '
+            f'{100 * entry["difference_ci95"]:.2f} points ({entry["episodes"]} episodes)'
+        )
+  for key, entry in results.items():
+    if key.startswith('lake_oneshot_'):
+      print(f'Lake 20-way one-shot error, {entry["rule"]}: {100 * entry["error"]:.2f}%')
+  if 'retrieval' in results:
+    retrieval.print_report(results['retrieval'])
+
+
+def result_scalars(results: dict) -> dict:
+  """What TensorBoard plots of `results`: each setting's accuracy and 95% CI, Lake's error."""
+  scalars = {}
+  for name, r in results['fewshot'].items():
+    scalars[f'{name}_accuracy'], scalars[f'{name}_ci95'] = r['accuracy'], r['ci95']
+  if 'lake_oneshot' in results:
+    scalars['lake_oneshot_error'] = results['lake_oneshot']['error']
+  return {**scalars, **inference_scalars(results)}
+
+
+def print_results(results: dict) -> None:
+  """The evaluation table of `results` (every setting, Lake, the transductive rules)."""
+  print(f'{"setting":<16}{"accuracy %":>12}{"95% CI":>10}{"episodes":>10}')
+  for name, r in results['fewshot'].items():
+    print(f'{name:<16}{100 * r["accuracy"]:>12.2f}{100 * r["ci95"]:>10.2f}{r["episodes"]:>10}')
+  if 'lake_oneshot' in results:
+    lake = results['lake_oneshot']
+    print(f'Lake 20-way one-shot error: {100 * lake["error"]:.2f}% over {lake["items"]} items')
+  print_inference(results)

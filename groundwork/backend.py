@@ -1,11 +1,12 @@
 """The one place that knows which platform JAX computes on.
 
 Models and algorithms are pure JAX. What is specific to a platform is decided here, once,
-by the code that builds a model or picks an engine (`build_encoder`, the kNN engine and the
-propagation graph of label propagation, the implant trainer), never inside a traced function:
+by the code that builds a model or picks an engine (`build_encoder`, the kNN engine of
+`groundwork.knn` and the graph operator of `groundwork.knn_graph`, the implant trainer), never
+inside a traced function:
 
 - `cpu_kernels()`: the optional `groundwork_cpu` package (cpu_kernels/ in this repository:
-  oneDNN convolutions, BatchNorm and pools, a C++ kNN search and a row-layout propagation
+  oneDNN convolutions, BatchNorm and pools, a C++ kNN search and a row-layout diffusion
   graph, built at install time), when it is installed and JAX computes on the CPU.
 - `unroll_short_loops()`: whether a short training loop inside one compiled program (the 50
   implant steps of an episode) should be unrolled.

@@ -113,7 +113,7 @@ def test_lake_error_counts_wrong_items():
       train_images=train, test_images=train, test_targets=np.array([0, 2, 2])
   )
   result = lake_oneshot_error(lambda x: x.reshape(len(x), -1), [run_right, run_one_wrong])
-  assert result == {'error': pytest.approx(1 / 6), 'items': 6}
+  assert result == {'error': pytest.approx(1 / 6), 'items': 6, 'rule': 'prototypes'}
 
 
 # 8 classes of 6 images each, the images of a class not adjacent.

@@ -15,10 +15,11 @@ import scipy.sparse.linalg  # noqa: E402
 import scipy.stats  # noqa: E402
 
 from groundwork import backend  # noqa: E402
-from semisup import knn  # noqa: E402
-from semisup import knn_graph  # noqa: E402
+from groundwork import diffusion  # noqa: E402
+from groundwork import knn  # noqa: E402
+from groundwork import knn_graph  # noqa: E402
+from groundwork.knn import drop_self, knn_search  # noqa: E402
 from semisup import label_propagation as lp  # noqa: E402
-from semisup.knn import drop_self, knn_search  # noqa: E402
 
 
 def _brute_force(x, k):
@@ -188,8 +189,9 @@ def test_cpu_engine_hands_the_package_l2_normalised_numpy(monkeypatch):
   assert sims.dtype == np.float32 and idx.dtype == np.int32
 
 
-def test_unknown_engine_names_the_config_field():
-  with pytest.raises(ValueError, match=r"kNN engine 'gpu' \(config.lp.knn_engine\) is not one"):
+def test_unknown_engine_names_the_argument():
+  # The config field is named by check_settings (test_bad_settings_name_the_config_field...).
+  with pytest.raises(ValueError, match=r"kNN engine 'gpu' \(engine\) is not one"):
     knn_search(np.eye(3, dtype=np.float32), 1, engine='gpu')
 
 
@@ -323,10 +325,10 @@ def test_conjugate_gradient_matches_dense_solve_and_scipy_step_for_step():
   a = m @ m.T + 12 * np.eye(12)
   b = rng.standard_normal((12, 3))
   matvec = lambda p: jnp.asarray(a, jnp.float32) @ p
-  solved = lp.conjugate_gradient(matvec, b, iterations=12, rtol=0.0)
+  solved = diffusion.conjugate_gradient(matvec, b, iterations=12, rtol=0.0)
   np.testing.assert_allclose(solved, np.linalg.solve(a, b), rtol=1e-4, atol=1e-5)
   for iterations in (1, 3, 5):
-    steps = lp.conjugate_gradient(matvec, b, iterations=iterations)
+    steps = diffusion.conjugate_gradient(matvec, b, iterations=iterations)
     for c in range(3):
       ref, _ = scipy.sparse.linalg.cg(a, b[:, c], rtol=1e-6, maxiter=iterations)
       np.testing.assert_allclose(steps[:, c], ref, rtol=1e-4, atol=1e-5)
@@ -338,7 +340,7 @@ def test_conjugate_gradient_on_the_graph_equals_scipy_per_column():
   system = np.eye(200) - 0.99 * _reference_w(values, idx)
   b = np.zeros((200, 4), np.float32)
   b[np.arange(0, 200, 10), np.arange(20) % 4] = 0.2
-  out = lp.conjugate_gradient(lambda p: p - 0.99 * knn_graph.coo_matvec(graph, p), b, 20)
+  out = diffusion.conjugate_gradient(lambda p: p - 0.99 * knn_graph.coo_matvec(graph, p), b, 20)
   for c in range(4):
     ref, _ = scipy.sparse.linalg.cg(system, b[:, c].astype(np.float64), rtol=1e-6, maxiter=20)
     np.testing.assert_allclose(out[:, c], ref, rtol=1e-4, atol=1e-6)
@@ -347,7 +349,7 @@ def test_conjugate_gradient_on_the_graph_equals_scipy_per_column():
 def test_conjugate_gradient_stops_a_converged_column_like_scipy():
   a = np.diag([1.0, 2.0, 4.0])
   b = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])  # Each column is solved in one step.
-  out = lp.conjugate_gradient(lambda p: jnp.asarray(a, jnp.float32) @ p, b, iterations=20)
+  out = diffusion.conjugate_gradient(lambda p: jnp.asarray(a, jnp.float32) @ p, b, iterations=20)
   np.testing.assert_allclose(out, [[1.0, 0.0], [0.0, 0.0], [0.0, 0.25]], atol=1e-7)
 
 
@@ -474,15 +476,15 @@ def test_propagation_stays_on_device_and_compiles_once_per_shape():
 
 def test_trainer_embeds_on_device_like_map_in_batches():
   from groundwork.evaluation import map_in_batches  # pylint: disable=import-outside-toplevel
-  from semisup import train  # pylint: disable=import-outside-toplevel
+  from semisup import classifier  # pylint: disable=import-outside-toplevel
 
   images = np.arange(7 * 3, dtype=np.float32).reshape(7, 3)
   calls = []
-  fn = lambda b: calls.append(b.shape) or jnp.asarray(b) * 2.0 + 1.0
-  features = train.embed_on_device(fn, images, 3)  # Batches of 3, 3 and 1 padded to 3.
-  assert isinstance(features, jax.Array) and calls == [(3, 3)] * 3
+  fn = lambda b, start: calls.append((b.shape, start)) or jnp.asarray(b) * 2.0 + 1.0
+  features = classifier.embed_on_device(fn, images, 3)  # Batches of 3, 3 and 1 padded to 3.
+  assert isinstance(features, jax.Array) and calls == [((3, 3), 0), ((3, 3), 3), ((3, 3), 6)]
   np.testing.assert_array_equal(features, images * 2 + 1)
-  np.testing.assert_array_equal(features, map_in_batches(fn, images, 3))
+  np.testing.assert_array_equal(features, map_in_batches(lambda b: fn(b, 0), images, 3))
 
 
 # ----------------------------------------------------------------------------

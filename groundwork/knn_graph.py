@@ -20,6 +20,10 @@ arrays) and `matvec(graph, p) -> W @ p` for `p [N, C]`, both traceable inside `j
 
 Speed of both on the CPU (the COO graph has not been measured on a GPU):
 docs/performance.md, "Label propagation".
+
+`mutual(indices)` marks the edges whose target lists the source too: zeroing the other
+affinities gives the mutual kNN graph of diffusion retrieval (Iscen et al., CVPR 2017), whose
+A is symmetric, so the same W (A + A^T = 2A normalises to D_A^-1/2 A D_A^-1/2).
 """
 
 import importlib
@@ -88,6 +92,23 @@ def graph_ops(kind: str = 'auto') -> GraphOps:
     return COO
   rows = importlib.import_module(f'{kernels.__name__}.row_graph')
   return GraphOps(rows.build, rows.matvec)
+
+
+def mutual(indices: jax.Array, rows_per_step: int = 2048) -> jax.Array:
+  """`[N, k]` bool: whether row `indices[i, m]` lists i among its own k, for every edge.
+
+  `rows_per_step` bounds the `[rows, k, k]` comparison held at once.
+  """
+  indices = jnp.asarray(indices, jnp.int32)
+  n = indices.shape[0]
+
+  def listed_back(args):
+    row, targets = args
+    return jnp.any(indices[targets] == row, axis=-1)
+
+  return jax.lax.map(
+      listed_back, (jnp.arange(n, dtype=jnp.int32), indices), batch_size=min(rows_per_step, n)
+  )
 
 
 def dense(graph, n: int, ops: GraphOps = COO) -> np.ndarray:
