@@ -32,6 +32,7 @@ from groundwork.encoders import (
 )
 from groundwork.encoders.layers import (
     DropBlock,
+    TorchLinear,
     WeightNormConv,
     WeightNormDense,
     block_mask_from_seeds,
@@ -175,6 +176,16 @@ def test_weight_norm_dense_by_hand():
   np.testing.assert_allclose(y, [[15.0], [5.0]])
 
 
+def test_torch_linear_init_bounds_and_output():
+  x = jax.random.normal(_key(2), (3, 16))
+  variables = TorchLinear(5).init(_key(3), x)
+  kernel, bias = variables["params"]["kernel"], variables["params"]["bias"]
+  assert kernel.shape == (16, 5) and bias.shape == (5,)
+  # torch.nn.Linear: kernel and bias both U(-1/sqrt(fan_in), 1/sqrt(fan_in)), here 0.25.
+  assert 0.2 < float(jnp.abs(kernel).max()) <= 0.25 and float(jnp.abs(bias).max()) <= 0.25
+  np.testing.assert_allclose(TorchLinear(5).apply(variables, x), x @ kernel + bias, rtol=1e-6)
+
+
 def test_weight_norm_init_equals_plain_layer_and_conv_matches_nn_conv():
   x = jax.random.normal(_key(2), (2, 6, 6, 3))
   layer = WeightNormConv(5, kernel_size=3, padding=1)
@@ -315,12 +326,13 @@ def test_bfloat16_compute_with_float32_params(tiny, shape):
   x, variables = _tiny_variables(tiny(), shape)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   low_train = _run(tiny(dtype=jnp.bfloat16), variables, x, True)
-  assert all(a.dtype == jnp.bfloat16 for a in low_train)
+  # Computed in bfloat16, the features leave in float32 (encoder_outputs).
+  assert all(a.dtype == jnp.float32 for a in low_train)
   assert np.isfinite(np.asarray(low_train[0], np.float32)).all()
   # Eval mode (no batch statistics of 2 examples, no dropout): only rounding differs.
   ref = np.asarray(_run(tiny(), variables, x, False)[0])
   low = np.asarray(_run(tiny(dtype=jnp.bfloat16), variables, x, False)[0], np.float32)
-  assert np.abs(low - ref).max() <= 0.03 * np.abs(ref).max()
+  assert 0 < np.abs(low - ref).max() <= 0.03 * np.abs(ref).max()
 
 
 def test_cnn13_dropout_acts_in_train_mode():

@@ -15,7 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from groundwork.encoders.layers import ModuleDef, WeightNormConv, activation_fn, batch_norm
+from groundwork.encoders.layers import (
+    ModuleDef,
+    WeightNormConv,
+    activation_fn,
+    batch_norm,
+    encoder_outputs,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -55,7 +61,7 @@ class CNN13(nn.Module):
     x = conv_bn_act(x, "3a", w3a, 3, "VALID")
     x = conv_bn_act(x, "3b", w3b, 1, "VALID")
     x = conv_bn_act(x, "3c", w3c, 1, "VALID")
-    return x, jnp.mean(x, axis=(1, 2))
+    return encoder_outputs(x)
 
 
 # For tests and smoke runs only.

@@ -14,6 +14,7 @@ from groundwork.encoders.layers import (
     ModuleDef,
     activation_fn,
     batch_norm,
+    encoder_outputs,
     torch_default_kernel_init,
 )
 
@@ -95,4 +96,4 @@ class Conv4(nn.Module):
           pool=self.pool,
           name=f"block{i}",
       )(x, train)
-    return x, jnp.mean(x, axis=(1, 2))
+    return encoder_outputs(x)

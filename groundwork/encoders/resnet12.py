@@ -3,6 +3,11 @@
 Four residual blocks; each is 3 x (3x3 conv without bias -> BN -> activation) with the
 third activation after the residual add, a 1x1 conv + BN shortcut and a 2x2 max-pool.
 84x84 inputs give a 5x5 final map, 32x32 inputs a 2x2 one.
+
+Regularisation as RFS / MetaOptNet (all off by default): DropBlock after the max-pool of
+the last two blocks, its rate ramped up over training, and plain dropout after the max-pool
+of the first two. The ramp is a function of the training step, which the caller passes as
+`step` (the TrainState's), so a resumed run continues it.
 """
 
 import functools
@@ -13,7 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from groundwork.encoders.layers import DropBlock, ModuleDef, activation_fn, batch_norm
+from groundwork.encoders.layers import (
+    DropBlock,
+    ModuleDef,
+    activation_fn,
+    batch_norm,
+    encoder_outputs,
+)
 
 Array = jax.Array
 Dtype = Any
@@ -25,7 +36,8 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 class ResNet12Block(nn.Module):
   """One ResNet-12 block: [B, H, W, C_in] -> [B, floor(H/2), floor(W/2), width].
 
-  DropBlock (after the max-pool, as in RFS) acts when `drop_rate` > 0 and `train`.
+  After the max-pool, as in RFS: dropout at `dropout_rate`, then DropBlock at `drop_rate`
+  (warmed up over `dropblock_warmup_steps`, which needs `step`), each only when `train`.
   `make_conv`, `make_norm`, `layer_outputs` and `finish` are the block's parts for
   subclasses that add layers beside it (fsl/implanting.py); call them from `__call__`.
   """
@@ -38,10 +50,12 @@ class ResNet12Block(nn.Module):
   conv: ModuleDef = nn.Conv
   norm: ModuleDef = nn.BatchNorm
   pool: Callable[..., Array] = nn.max_pool
+  dropout_rate: float = 0.0
+  dropblock_warmup_steps: int = 0
 
   @nn.compact
-  def __call__(self, x: Array, train: bool) -> Array:
-    return self.finish(self.layer_outputs(x, train)[-1], train)
+  def __call__(self, x: Array, train: bool, step: Array | int | None = None) -> Array:
+    return self.finish(self.layer_outputs(x, train)[-1], train, step)
 
   def make_conv(self, features: int, kernel: int, name: str) -> nn.Module:
     """A `kernel` x `kernel` 'SAME' conv without bias, initialised like the block's."""
@@ -70,17 +84,24 @@ class ResNet12Block(nn.Module):
       outputs.append(act(y + shortcut if i == 2 else y))
     return tuple(outputs)
 
-  def finish(self, y: Array, train: bool) -> Array:
-    """The block's end: 2x2 max-pool (odd sizes floored), then DropBlock."""
+  def finish(self, y: Array, train: bool, step: Array | int | None = None) -> Array:
+    """The block's end: 2x2 max-pool (odd sizes floored), then dropout and DropBlock."""
     y = self.pool(y, (2, 2), strides=(2, 2), padding="VALID")
-    return DropBlock(self.drop_rate, self.dropblock_size)(y, deterministic=not train)
+    if self.dropout_rate > 0.0:
+      y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    dropblock = DropBlock(self.drop_rate, self.dropblock_size, self.dropblock_warmup_steps)
+    return dropblock(y, deterministic=not train, step=step)
 
 
 class ResNet12(nn.Module):
   """ResNet-12 encoder: `(x [B,H,W,3], train) -> (feature_map [B,h,w,C], pooled [B,C])`.
 
   `dropblock=True` turns on DropBlock with `drop_rate` and `dropblock_size` in the last two
-  blocks (block2, block3), as RFS does; it is off by default.
+  blocks (block2, block3), as RFS does; `dropblock_warmup_steps` > 0 ramps its rate up
+  linearly from the first training step (RFS / MetaOptNet: 40,000), and a training call
+  then needs `step`, the 0-based training step. `early_dropout=True` adds plain dropout at
+  `drop_rate` to the first two blocks (block0, block1), as RFS and MetaOptNet do. All off by
+  default.
   """
 
   widths: Sequence[int] = (64, 128, 256, 512)
@@ -88,17 +109,38 @@ class ResNet12(nn.Module):
   dropblock: bool = False
   drop_rate: float = 0.1
   dropblock_size: int = 5
+  dropblock_warmup_steps: int = 0
+  early_dropout: bool = False
   dtype: Dtype = jnp.float32
   conv: ModuleDef = nn.Conv
   norm: ModuleDef = nn.BatchNorm
   pool: Callable[..., Array] = nn.max_pool
 
-  @nn.compact
-  def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
+  def _check_fields(self) -> None:
+    """Raises ValueError naming the field that is out of range."""
     if len(self.widths) != 4:
       raise ValueError(f"ResNet12 needs 4 widths, got widths={tuple(self.widths)}.")
+    if (self.dropblock or self.early_dropout) and not 0.0 <= self.drop_rate < 1.0:
+      raise ValueError(
+          f"ResNet12 needs 0 <= drop_rate < 1 (RFS: 0.1), got drop_rate={self.drop_rate}."
+      )
+    if self.dropblock and self.dropblock_size < 1:
+      raise ValueError(
+          f"ResNet12 needs dropblock_size >= 1 (RFS: 5 at 84x84, 2 at 32x32), got "
+          f"dropblock_size={self.dropblock_size}."
+      )
+    if self.dropblock_warmup_steps < 0:
+      raise ValueError(
+          "ResNet12 needs dropblock_warmup_steps >= 0 (0 = no warm-up; RFS: 40000), got "
+          f"dropblock_warmup_steps={self.dropblock_warmup_steps}."
+      )
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool, step: Array | int | None = None) -> tuple[Array, Array]:
+    self._check_fields()
     for i, width in enumerate(self.widths):
       drop_rate = self.drop_rate if (self.dropblock and i >= 2) else 0.0
+      dropout_rate = self.drop_rate if (self.early_dropout and i < 2) else 0.0
       x = ResNet12Block(
           width,
           activation=self.activation,
@@ -108,9 +150,11 @@ class ResNet12(nn.Module):
           conv=self.conv,
           norm=self.norm,
           pool=self.pool,
+          dropout_rate=dropout_rate,
+          dropblock_warmup_steps=self.dropblock_warmup_steps,
           name=f"block{i}",
-      )(x, train)
-    return x, jnp.mean(x, axis=(1, 2))
+      )(x, train, step)
+    return encoder_outputs(x)
 
 
 # Default widths: 7,996,800 parameters, the network of Lifchitz et al. 2019.

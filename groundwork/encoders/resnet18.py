@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from groundwork.encoders.layers import ModuleDef, batch_norm
+from groundwork.encoders.layers import ModuleDef, batch_norm, encoder_outputs
 
 Array = jax.Array
 Dtype = Any
@@ -95,7 +95,7 @@ class ResNet18(nn.Module):
             norm=self.norm,
             name=f"stage{s}_block{b}",
         )(x, train)
-    return x, jnp.mean(x, axis=(1, 2))
+    return encoder_outputs(x)
 
 
 # For tests and smoke runs only.
