@@ -96,6 +96,52 @@ def load(config: ml_collections.ConfigDict) -> FewShotData:
   return splits
 
 
+def check_episodes_fit(
+    split: gdata.ImageDataset,
+    split_name: str,
+    n_way: int,
+    shots,
+    n_query: int,
+    shot_field: str = 'eval.shots',
+) -> None:
+  """Whether `split` holds `n_way`-way episodes of each of `shots` plus `n_query` queries.
+
+  Checked right after the data is read, before the first training step, so an impossible
+  evaluation stops the run before training, not after it.
+  """
+  classes, counts = np.unique(split.labels, return_counts=True)
+  if n_way > len(classes):
+    raise ValueError(
+        f'config.eval.n_way={n_way} exceeds the {len(classes)} classes of the {split_name} '
+        f'split; allowed: 1..{len(classes)}.'
+    )
+  needed = max(shots) + n_query
+  if needed > counts.min():
+    smallest = split.class_names[classes[np.argmin(counts)]]
+    raise ValueError(
+        f'config.{shot_field}={tuple(shots)} and config.eval.n_query={n_query} need '
+        f'{max(shots)} + {n_query} = {needed} images per class, but class {smallest!r} of the '
+        f'{split_name} split has {counts.min()}; allowed: {shot_field} + eval.n_query <= '
+        f'{counts.min()}.'
+    )
+
+
+def check_evaluation(config: ml_collections.ConfigDict, data: FewShotData) -> None:
+  """The episodes of base training's config fit its splits: `config.eval` on the novel
+  classes and `config.validation` on the validation classes."""
+  novel = config.eval
+  check_episodes_fit(data.novel, 'novel', novel.n_way, novel.shots, novel.n_query)
+  if data.val is not None:
+    check_episodes_fit(
+        data.val,
+        'validation',
+        novel.n_way,
+        (config.validation.shot,),
+        novel.n_query,
+        shot_field='validation.shot',
+    )
+
+
 def _first_per_class(dataset: gdata.ImageDataset, count: int) -> gdata.ImageDataset:
   """Smoke runs: the first `count` images of every class."""
   keep = np.concatenate(

@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+  """`obj` with arrays and numpy scalars as Python lists and numbers, keys as strings."""
   if isinstance(obj, dict):
-    return {str(k): _plain(v) for k, v in obj.items()}
+    return {str(k): plain(v) for k, v in obj.items()}
   if isinstance(obj, (list, tuple)):
-    return [_plain(v) for v in obj]
+    return [plain(v) for v in obj]
   if isinstance(obj, (np.generic, np.ndarray)) or hasattr(obj, '__array__'):
     value = np.asarray(obj)
     return value.item() if value.ndim == 0 else value.tolist()
@@ -23,7 +24,7 @@ def write_json(path: str, obj: Any) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f'{path}.tmp'
   with open(tmp, 'w') as f:
-    json.dump(_plain(obj), f, indent=2, sort_keys=True)
+    json.dump(plain(obj), f, indent=2, sort_keys=True)
     f.write('\n')
   os.replace(tmp, path)
 
