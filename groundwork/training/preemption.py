@@ -3,6 +3,10 @@
 A pre-empted TPU or a Ctrl-C then costs nothing: the trainer sees `requested`
 after the current step, writes a checkpoint and raises `Preempted`, whose
 message says how to resume (the same command).
+
+With several processes a signal reaches each at its own step (or only one of them), while
+the checkpoint is a collective: every `SYNC_EVERY` polls the processes agree (one tiny
+all-gather), so all see `requested` at the same poll and checkpoint the same step.
 """
 
 import signal
@@ -27,14 +31,31 @@ class StopRequest:
   """Context manager that turns SIGTERM and SIGINT into a flag the loop polls."""
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SYNC_EVERY = 20  # Polls (steps) between the processes' agreements.
 
   def __init__(self):
-    self.requested = False
+    self.signalled = False
+    self._agreed = False
+    self._polls = 0
     self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    """Whether to checkpoint and stop now; every process must poll at the same points."""
+    import jax  # pylint: disable=import-outside-toplevel  # Loaded by the trainer already.
+
+    if jax.process_count() == 1 or self._agreed:
+      return self.signalled or self._agreed
+    self._polls += 1
+    if self._polls % self.SYNC_EVERY == 0:
+      from groundwork.training import distributed  # pylint: disable=import-outside-toplevel
+
+      self._agreed = distributed.any_process(self.signalled)
+    return self._agreed
 
   def _handle(self, signum, frame):
     del frame
-    self.requested = True
+    self.signalled = True
     print(
         f'Received {signal.Signals(signum).name}: checkpointing after this step.',
         file=sys.stderr,
