@@ -3,12 +3,15 @@
 The event files are written with tensorboard's own record writer and protos,
 which need no TensorFlow. tensorboard's EventFileWriter is not used: its
 constructor goes through `tensorboard.compat.tf`, which imports TensorFlow
-(seconds) whenever it is installed.
+(seconds) whenever it is installed. For the same reason `read_scalars` reads
+the records back itself rather than with tensorboard's event loaders.
 """
 
+import glob
 import itertools
 import os
 import socket
+import struct
 import time
 
 import jax
@@ -58,8 +61,61 @@ class EventFile:
         event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
     )
 
+  def write_image(self, step: int, tag: str, png: bytes) -> None:
+    """A PNG-encoded image, shown in TensorBoard's images dashboard under `tag`."""
+    width, height = png_size(png)
+    image = summary_pb2.Summary.Image(
+        height=height, width=width, colorspace=4, encoded_image_string=png  # 4: RGBA.
+    )
+    self._write(
+        event_pb2.Event(
+            wall_time=time.time(),
+            step=step,
+            summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=image)]),
+        )
+    )
+
   def flush(self) -> None:
     self._records.flush()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+  """(width, height) from a PNG's header chunk."""
+  if png[:8] != b'\x89PNG\r\n\x1a\n' or png[12:16] != b'IHDR':
+    raise ValueError('not a PNG image: an image summary takes PNG-encoded bytes.')
+  return struct.unpack('>II', png[16:24])
+
+
+def _records(path: str):
+  """The records of one event file; a record cut short (a killed writer) ends it."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  offset = 0
+  while offset + 12 <= len(data):
+    (length,) = struct.unpack('<Q', data[offset : offset + 8])
+    if offset + 16 + length > len(data):
+      return
+    yield data[offset + 12 : offset + 12 + length]
+    offset += 16 + length
+
+
+def read_scalars(logdir: str) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar the event files directly in `logdir` hold: tag -> [(step, value)] by step.
+
+  A step logged twice (a resumed run re-logs the steps after its last checkpoint) keeps
+  its last written value.
+  """
+  written = []
+  for path in glob.glob(os.path.join(logdir, 'events.out.tfevents.*')):
+    for record in _records(path):
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        if value.WhichOneof('value') == 'simple_value':
+          written.append((event.wall_time, value.tag, event.step, value.simple_value))
+  curves: dict[str, dict[int, float]] = {}
+  for _, tag, step, value in sorted(written, key=lambda w: w[0]):
+    curves.setdefault(tag, {})[step] = value
+  return {tag: sorted(points.items()) for tag, points in sorted(curves.items())}
 
 
 class MetricLogger:
@@ -101,6 +157,12 @@ class MetricLogger:
     self._emit(step, prefix, {k: float(v) for k, v in scalars.items()}, '')
     if self._last_time is not None:
       self._last_time, self._last_step = time.perf_counter(), step
+
+  def log_image(self, step: int, name: str, png: bytes) -> None:
+    """A PNG image at `step`, tagged `<prefix>/<name>`, written through like the scalars."""
+    if self._writes:
+      self._events.write_image(step, f'{self._prefix}/{name}', png)
+      self._events.flush()
 
   def _emit(self, step: int, prefix: str, scalars: dict, suffix: str) -> None:
     if not self._writes:
