@@ -24,7 +24,7 @@ JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \
 RUN_ENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) \
   MALLOC_CONF=oversize_threshold:0$(,)dirty_decay_ms:-1$(,)muzzy_decay_ms:-1)
 
-.PHONY: install cpu-kernels data allocator quickstart train benchmark test test-cpu-kernels format \
+.PHONY: install cpu-kernels data allocator quickstart train benchmark tables test test-cpu-kernels format \
   format-check
 
 install: $(VENV)/.core-installed
@@ -86,6 +86,13 @@ train:
 # make benchmark NAME=train_speed ARGS="--out=DIR ..." runs benchmarks/NAME.py as training runs.
 benchmark:
 	$(RUN_ENV) $(PY) benchmarks/$(NAME).py $(ARGS)
+
+# make tables TABLE=quickstart|omniglot|...|all [ARGS=--run] reprints README's result tables from
+# their workdirs (workdirs/tables), training the missing runs with --run.
+TABLE ?= all
+tables:
+	$(RUN_ENV) $(PY) benchmarks/tables.py --table=$(TABLE) --omniglot_dir=$(OMNIGLOT_DIR) \
+	  --fashion_mnist_dir=$(FASHION_MNIST_DIR) $(ARGS)
 
 test: install data
 	OMNIGLOT_DIR=$(OMNIGLOT_DIR) FASHION_MNIST_DIR=$(FASHION_MNIST_DIR) $(PY) -m pytest -q -x \

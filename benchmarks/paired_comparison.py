@@ -57,14 +57,17 @@ def _load(workdir: str) -> dict:
   return settings
 
 
-def main(a: str, b: str) -> None:
+def paired_differences(a: str, b: str) -> dict[str, tuple[float, float, float, float, int]]:
+  """Per setting in both workdirs: (A - B mean, its 95% CI, A mean, B mean, episodes).
+
+  Raises EpisodeListMismatch, before computing anything, when a setting's episode lists differ.
+  """
   acc_a, acc_b = _load(a), _load(b)
   common = sorted(set(acc_a) & set(acc_b))
   if not common:
     raise EpisodeListMismatch(
         f'No setting in common: {a} has {sorted(acc_a)}, {b} has {sorted(acc_b)}.'
     )
-  # Check every setting before printing any, so a mismatch never follows half a table.
   mismatched = []
   for name in common:
     differences = identity_differences(acc_a[name][1], acc_b[name][1])
@@ -75,13 +78,21 @@ def main(a: str, b: str) -> None:
         'The workdirs were evaluated on different episode lists, so their episodes cannot be '
         "paired; re-evaluate one with the other's eval settings.\n  " + '\n  '.join(mismatched)
     )
-  print(f'{"setting":<14}{"A %":>9}{"B %":>9}{"A - B (paired) %":>22}  episodes')
+  pairs = {}
   for name in common:
     x, y = acc_a[name][0], acc_b[name][0]
     diff, ci = mean_ci95(x - y)
+    pairs[name] = (diff, ci, float(x.mean()), float(y.mean()), len(x))
+  return pairs
+
+
+def main(a: str, b: str) -> None:
+  pairs = paired_differences(a, b)
+  print(f'{"setting":<14}{"A %":>9}{"B %":>9}{"A - B (paired) %":>22}  episodes')
+  for name, (diff, ci, mean_a, mean_b, episodes) in pairs.items():
     print(
-        f'{name:<14}{100 * x.mean():>9.2f}{100 * y.mean():>9.2f}'
-        f'{100 * diff:>+14.2f} ± {100 * ci:.2f}  {len(x)}'
+        f'{name:<14}{100 * mean_a:>9.2f}{100 * mean_b:>9.2f}'
+        f'{100 * diff:>+14.2f} ± {100 * ci:.2f}  {episodes}'
     )
 
 

@@ -108,8 +108,7 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, layers: str, d
     config.encoder_kwargs = ml_collections.ConfigDict(
         dict(case.encoder_kwargs, cpu_kernels=cpu_kernels)
     )
-    if dtype != "float32":
-      config.encoder_kwargs.dtype = jnp.dtype(dtype)
+    config.dtype = dtype
     return config, fsl_train.build_model(config, case.num_classes)
 
   config, model = model_with(LAYERS[layers])
@@ -158,10 +157,11 @@ def jax_setup(case: Case, images: np.ndarray, labels: np.ndarray, layers: str, d
   return run, flops, compile_s, int(params)
 
 
-def jax_matmul_seconds(n: int) -> float:
+def jax_matmul_seconds(n: int, dtype: str = "float32") -> float:
+  """Seconds of one n x n x n matmul in `dtype` (after a first, compiling call)."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n)).astype(dtype)
   mm = jax.jit(lambda m: m @ m)
   jax.block_until_ready(mm(a))
   start = time.perf_counter()

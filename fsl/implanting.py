@@ -43,7 +43,7 @@ from fsl.dense_loss import dense_loss
 from fsl.episodic_evaluation import EpisodesLike, Progress, episode_n_way, run_episode_batches
 from fsl.prototypes import classify_by_prototypes, dense_scores, imprint_prototypes
 from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block
-from groundwork.encoders.layers import ModuleDef, activation_fn
+from groundwork.encoders.layers import ModuleDef, activation_fn, encoder_outputs
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -189,7 +189,7 @@ class ImplantedEncoder(nn.Module):
   def last_block(self, h: Array, train: bool) -> tuple[Array, Array]:
     """`(feature_map [B,h,w,C+k], pooled [B,C+k])` from the prefix output `h`."""
     y = self.block3(h, train)
-    return y, jnp.mean(y, axis=(1, 2))
+    return encoder_outputs(y)
 
   def __call__(self, x: Array, train: bool) -> tuple[Array, Array]:
     return self.last_block(self.prefix(x, train), train)
@@ -212,7 +212,7 @@ class ImplantedEncoder(nn.Module):
   def implant_branch(self, originals: tuple[Array, ...], train: bool) -> tuple[Array, Array]:
     """`last_block(prefix(x), train)` from `originals = frozen_branch(x)`."""
     y = self.block3(originals[0], train, originals=originals)
-    return y, jnp.mean(y, axis=(1, 2))
+    return encoder_outputs(y)
 
 
 def check_implant_layers(arch: str, layers: Sequence[str], width: int) -> None:
@@ -444,6 +444,46 @@ def implant_episode(
   return classify_by_prototypes(query_pooled, prototypes)
 
 
+def implant_batch_fn(
+    model: ImplantedEncoder,
+    frozen: Variables,
+    images: Array,
+    key: Array,
+    config: ImplantConfig,
+    n_way: int,
+    *,
+    input_fn: Callable[[Array], Array] | None = None,
+    augment_fn: AugmentFn | None = None,
+) -> Callable[..., Array]:
+  """One jitted, vmapped function for batches of episodes with implants.
+
+  It maps `(support_idx, query_idx, support_labels, query_labels, episode_ids)`, each with
+  a leading batch axis, to the query accuracies `[batch]`; episode `e` trains its implants
+  with `fold_in(key, e)`, so an episode's accuracy depends neither on the batch it is in
+  nor on where a resumed run starts. Arguments as in `implant_episode_accuracies`.
+  """
+  images = jnp.asarray(images)
+  input_fn = input_fn or (lambda x: x)
+
+  def one_episode(frozen, images, s_idx, q_idx, s_lab, q_lab, episode_id):
+    scores = implant_episode(
+        model,
+        frozen,
+        input_fn(images[s_idx]),
+        s_lab,
+        input_fn(images[q_idx]),
+        jax.random.fold_in(key, episode_id),
+        config,
+        n_way,
+        augment_fn,
+    )
+    return jnp.mean(jnp.argmax(scores, axis=-1) == q_lab)
+
+  # Variables and images are arguments, not closed-over constants, so XLA never embeds them.
+  batch = jax.jit(jax.vmap(one_episode, in_axes=(None, None, 0, 0, 0, 0, 0)))
+  return lambda *episode_arrays: batch(frozen, images, *episode_arrays)
+
+
 def implant_episode_accuracies(
     model: ImplantedEncoder,
     frozen: Variables,
@@ -465,26 +505,14 @@ def implant_episode_accuracies(
       depend on `batch_size`.
     input_fn: maps gathered images to encoder input (e.g. normalisation), inside jit.
   """
-  n_way = episode_n_way(episodes)
-  images = jnp.asarray(images)
-  input_fn = input_fn or (lambda x: x)
-
-  def one_episode(frozen, images, s_idx, q_idx, s_lab, q_lab, episode_id):
-    scores = implant_episode(
-        model,
-        frozen,
-        input_fn(images[s_idx]),
-        s_lab,
-        input_fn(images[q_idx]),
-        jax.random.fold_in(key, episode_id),
-        config,
-        n_way,
-        augment_fn,
-    )
-    return jnp.mean(jnp.argmax(scores, axis=-1) == q_lab)
-
-  # Variables and images are arguments, not closed-over constants, so XLA never embeds them.
-  batch = jax.jit(jax.vmap(one_episode, in_axes=(None, None, 0, 0, 0, 0, 0)))
-  return run_episode_batches(
-      lambda *episode_arrays: batch(frozen, images, *episode_arrays), episodes, batch_size, progress
+  batch = implant_batch_fn(
+      model,
+      frozen,
+      images,
+      key,
+      config,
+      episode_n_way(episodes),
+      input_fn=input_fn,
+      augment_fn=augment_fn,
   )
+  return run_episode_batches(batch, episodes, batch_size, progress)

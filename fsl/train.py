@@ -14,25 +14,33 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fsl import fewshot_data
+from fsl import fewshot_data, figures
 from fsl.cosine_classifier import CosineClassifier
 from fsl.dense_loss import dense_loss, gap_loss
 from fsl.episodic_evaluation import (
     EPISODE_ACCURACIES_FILE,
+    check_inference_rules,
     embed_in_batches,
     episode_accuracies,
-    lake_oneshot_error,
+    inference_rules,
+    lake_results,
+    paired_difference,
+    print_results,
     print_progress,
+    result_scalars,
     save_episode_accuracies,
     summarize,
 )
 from fsl.implanting import wide_control_encoder
+from fsl.trained import model_description
 from groundwork import training
 from groundwork.data import AugmentSpec, augment, augment_batch, augment_spec_for, make_episodes
+from groundwork.data import prefetch
 from groundwork.data.episodes import episode_list_id
-from groundwork.encoders import build_encoder
+from groundwork.encoders import TorchLinear, build_encoder, takes_step
+from groundwork.evaluation.retrieval import retrieval_report
 
-HEADS = ('gap', 'dc')
+HEADS = ('gap', 'dc', 'linear')
 SCORINGS = ('pooled', 'dense')
 
 
@@ -44,7 +52,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.head={config.head!r} is not one of {list(HEADS)}.')
   if config.eval.scoring not in SCORINGS:
     raise ValueError(f'config.eval.scoring={config.eval.scoring!r} is not one of {list(SCORINGS)}.')
-  for field in ('batch_size', 'optim.epochs', 'eval.n_way', 'eval.n_query', 'eval.episodes'):
+  for field in (
+      'batch_size',
+      'optim.epochs',
+      'eval.n_way',
+      'eval.n_query',
+      'eval.episodes',
+      'eval.batch_episodes',
+      'eval.embed_batch',
+      'validation.episodes',
+      'validation.shot',
+      'validation.every_epochs',
+      'checkpoint.every_epochs',
+      'checkpoint.keep',
+      'log_every_steps',
+  ):
     value = config
     for part in field.split('.'):
       value = value[part]
@@ -54,14 +76,21 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f'config.eval.shots={tuple(config.eval.shots)}: every shot count must be >= 1.'
     )
+  check_inference_rules(config.eval)
   fewshot_data.check_dataset_name(config.dataset)
+  training.check_precision(config)
+  prefetch.check_data_on_device(config.get('data_on_device', 'auto'))
 
 
 # ----------------------------------------------------------------------------
-# Model: a shared encoder and a cosine classifier over pooled or dense features.
+# Model: a shared encoder and a cosine classifier over pooled or dense features
+# (or RFS's linear classifier over pooled ones).
 # ----------------------------------------------------------------------------
 class FewShotNet(nn.Module):
-  """Encoder + cosine classifier; returns (logits, {'feature_map', 'pooled'})."""
+  """Encoder + classifier; returns (logits, {'feature_map', 'pooled'}).
+
+  `step`, the training step, goes to encoders that take one (ResNet-12's DropBlock warm-up).
+  """
 
   encoder: nn.Module
   num_classes: int
@@ -69,17 +98,29 @@ class FewShotNet(nn.Module):
   scale_init: float = 10.0
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    feature_map, pooled = self.encoder(x, train=train)
-    classifier = CosineClassifier(self.num_classes, self.scale_init, name='classifier')
-    logits = classifier(feature_map if self.head == 'dc' else pooled)
+  def __call__(self, x, train: bool, step=None):
+    extra = {'step': step} if step is not None and takes_step(self.encoder) else {}
+    feature_map, pooled = self.encoder(x, train=train, **extra)
+    if self.head == 'linear':
+      logits = TorchLinear(self.num_classes, name='classifier')(pooled)
+    else:
+      classifier = CosineClassifier(self.num_classes, self.scale_init, name='classifier')
+      logits = classifier(feature_map if self.head == 'dc' else pooled)
     return logits, {'feature_map': feature_map, 'pooled': pooled}
 
 
 def build_model(config, num_classes: int) -> FewShotNet:
-  encoder = build_encoder(config.encoder, **config.encoder_kwargs.to_dict())
+  encoder = build_encoder(
+      config.encoder, dtype=training.compute_dtype(config), **config.encoder_kwargs.to_dict()
+  )
   wide = config.get('wide_control')  # Absent from workdirs written before it existed.
   if wide is not None and wide.width:
+    if getattr(encoder, 'dropblock_warmup_steps', 0) or getattr(encoder, 'early_dropout', False):
+      raise ValueError(
+          f'config.wide_control.width={wide.width} rebuilds the encoder without the DropBlock '
+          'warm-up and early dropout of config.encoder_kwargs; set config.wide_control.width=0 '
+          'or encoder_kwargs.dropblock_warmup_steps=0 and encoder_kwargs.early_dropout=False.'
+      )
     # DC+WIDE: the implanted architecture trained from scratch on the base classes.
     encoder = wide_control_encoder(encoder, tuple(wide.layers), wide.width)
   return FewShotNet(encoder, num_classes, config.head, config.classifier_scale_init)
@@ -120,6 +161,7 @@ def train_step(
         {'params': params, 'batch_stats': state.batch_stats},
         inputs,
         train=True,
+        step=state.step,
         mutable=['batch_stats'],
         rngs={'dropout': dropout_key},
     )
@@ -138,18 +180,19 @@ def train_augmentation(config) -> AugmentSpec:
 
 
 def embed_fn(state: training.TrainState, config):
-  """Jitted eval-mode encoder: uint8 images -> (pooled [B,C], feature_map [B,h,w,C])."""
+  """Eval-mode encoder: uint8 images -> (pooled [B,C], feature_map [B,h,w,C]), each batch
+  split over the data mesh, the outputs whole on every process (`training.data_parallel`)."""
   spec = augment_spec_for(config.dataset, train=False)
+  mesh = training.data_mesh()
+  variables = training.replicate({'params': state.params, 'batch_stats': state.batch_stats}, mesh)
 
   @jax.jit
-  def embed(images):
+  def embed(variables, images):
     inputs = augment.normalize(images, spec.mean, spec.std)
-    _, out = state.apply_fn(
-        {'params': state.params, 'batch_stats': state.batch_stats}, inputs, train=False
-    )
+    _, out = state.apply_fn(variables, inputs, train=False)
     return out['pooled'], out['feature_map']
 
-  return embed
+  return training.data_parallel(functools.partial(embed, variables), mesh, batch_argnums=(0,))
 
 
 # ----------------------------------------------------------------------------
@@ -164,12 +207,15 @@ def evaluate_episodes(
     seed,
     progress=None,
     per_episode: dict | None = None,
+    transductive: bool = False,
 ) -> dict:
-  """Summaries per setting.
+  """Summaries per setting; with `transductive`, also `config.eval.transductive`'s, paired.
 
   Fills `per_episode`, if given, with each setting's `(accuracies, episode-list identity)`.
   """
   per_episode = {} if per_episode is None else per_episode
+  rules = inference_rules(config.eval)
+  mode = rules.transductive if transductive else 'none'
   embed = embed_fn(state, config)
   maps, pooled = None, None
   if config.eval.scoring == 'dense':
@@ -177,32 +223,39 @@ def evaluate_episodes(
     pooled = maps.mean(axis=(1, 2))  # Every encoder's pooled feature is this mean.
   else:
     pooled = embed_in_batches(lambda b: embed(b)[0], dataset.images, config.eval.embed_batch)
+  if mode == 'dense' and maps is None:
+    maps = embed_in_batches(lambda b: embed(b)[1], dataset.images, config.eval.embed_batch)
   results = {}
+  rule = dict(n_way=config.eval.n_way, batch_size=config.eval.batch_episodes, progress=progress)
   for k_shot in shots:
     episodes = make_episodes(
         dataset.labels, config.eval.n_way, k_shot, config.eval.n_query, num_episodes, seed
     )
     accuracies = episode_accuracies(
-        pooled,
-        episodes,
-        maps=maps,
-        scoring=config.eval.scoring,
-        n_way=config.eval.n_way,
-        batch_size=config.eval.batch_episodes,
-        progress=progress,
+        pooled, episodes, maps=maps, scoring=config.eval.scoring, **rule
     )
-    results[f'{config.eval.n_way}way_{k_shot}shot'] = summarize(accuracies)
-    per_episode[f'{config.eval.n_way}way_{k_shot}shot'] = (
-        accuracies,
-        episode_list_id(episodes, seed),
-    )
+    name = f'{config.eval.n_way}way_{k_shot}shot'
+    results[name] = summarize(accuracies)
+    per_episode[name] = (accuracies, episode_list_id(episodes, seed))
+    if mode != 'none':  # Propagation on the same episodes, paired with the prototypes.
+      other = episode_accuracies(
+          pooled, episodes, maps=maps, transductive=mode, propagation=rules.propagation, **rule
+      )
+      results[name][f'transductive_{mode}'] = paired_difference(accuracies, other)
+      per_episode[f'{name}_transductive_{mode}'] = (other, episode_list_id(episodes, seed))
   return results
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dict:
-  """Evaluates the kept checkpoint of `workdir` on the novel classes; writes results.json."""
+@training.with_matmul_precision
+def evaluate(
+    config: ml_collections.ConfigDict, workdir: str, state=None, output_dir: str | None = None
+) -> dict:
+  """Evaluates the kept checkpoint of `workdir` on the novel classes; writes results.json
+  and the per-episode accuracies to `output_dir` (default: the workdir)."""
   check_config(config)
   data = fewshot_data.load(config)
+  fewshot_data.check_evaluation(config, data)
+  output_dir = output_dir or workdir
   if state is None:
     model = build_model(config, data.num_base_classes)
     tx, _ = training.make_optimizer(config.optim, 1)
@@ -226,50 +279,46 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, state=None) -> dic
           config.eval.seed,
           progress=print_progress,
           per_episode=per_episode,
+          transductive=True,
       )
   }
   # Per-episode accuracies with the identity of their episode list, so two methods compare
   # paired (benchmarks/paired_comparison.py) only when they scored the same tasks.
-  save_episode_accuracies(os.path.join(workdir, EPISODE_ACCURACIES_FILE), per_episode)
+  if training.is_main_process():  # Every process holds the same accuracies; one writes.
+    save_episode_accuracies(os.path.join(output_dir, EPISODE_ACCURACIES_FILE), per_episode)
+  rules, embed = inference_rules(config.eval), embed_fn(state, config)
   if data.lake_runs:
-    embed = embed_fn(state, config)
-    results['lake_oneshot'] = lake_oneshot_error(lambda b: embed(b)[0], data.lake_runs)
-  training.write_json(os.path.join(workdir, 'results.json'), results)
-  print_table(results)
+    results.update(
+        lake_results(lambda b: embed(b)[0], lambda b: embed(b)[1], data.lake_runs, rules)
+    )
+  if rules.retrieval is not None:  # Every novel image a query against all the others.
+    pooled = embed_in_batches(lambda b: embed(b)[0], data.novel.images, config.eval.embed_batch)
+    results['retrieval'] = retrieval_report(
+        pooled, data.novel.labels, seed=config.eval.seed, **rules.retrieval
+    )
+  results['precision'] = training.precision_record(config)
+  if training.is_main_process():
+    training.write_json(os.path.join(output_dir, 'results.json'), results)
+  print_results(results)
   step = int(state.step)
-  training.MetricLogger(workdir, step).log_results(step, result_scalars(results), prefix='test')
+  training.MetricLogger(output_dir, step).log_results(step, result_scalars(results), prefix='test')
   return results
-
-
-def result_scalars(results: dict) -> dict:
-  """What TensorBoard plots of `results`: each setting's accuracy and 95% CI, Lake's error."""
-  scalars = {}
-  for name, r in results['fewshot'].items():
-    scalars[f'{name}_accuracy'], scalars[f'{name}_ci95'] = r['accuracy'], r['ci95']
-  if 'lake_oneshot' in results:
-    scalars['lake_oneshot_error'] = results['lake_oneshot']['error']
-  return scalars
-
-
-def print_table(results: dict) -> None:
-  print(f'{"setting":<16}{"accuracy %":>12}{"95% CI":>10}{"episodes":>10}')
-  for name, r in results['fewshot'].items():
-    print(f'{name:<16}{100 * r["accuracy"]:>12.2f}{100 * r["ci95"]:>10.2f}{r["episodes"]:>10}')
-  if 'lake_oneshot' in results:
-    lake = results['lake_oneshot']
-    print(f'Lake 20-way one-shot error: {100 * lake["error"]:.2f}% over {lake["items"]} items')
 
 
 # ----------------------------------------------------------------------------
 # Training loop.
 # ----------------------------------------------------------------------------
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@training.with_matmul_precision
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False
+) -> dict:
   check_config(config)
+  # The workdir's lock, a write probe and its config.json's check, before any data is read.
+  run = training.start_run(workdir, config, allow_config_change)
   data = fewshot_data.load(config)
+  fewshot_data.check_evaluation(config, data)
   mesh = training.data_mesh()
   training.check_batch_size(config.batch_size, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  training.save_config(workdir, config)
 
   num_images = len(data.base.labels)
   steps_per_epoch = num_images // config.batch_size
@@ -291,6 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, extra, _ = restored
     best_val = extra['best_val']
     print(f'Resumed from step {int(state.step)} in {checkpoints.directory}.')
+  run.save_config(model_description(config, data.base))  # Every check has passed.
   state = training.replicate(state, mesh)
 
   step_fn = jax.jit(
@@ -298,7 +348,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       donate_argnums=(0,),
   )
   logger = training.MetricLogger(workdir, total_steps)
-  images, labels = data.base.images, data.base.labels
+  arrays = (data.base.images, data.base.labels)
+  if prefetch.keep_on_device(config.get('data_on_device', 'auto'), data.base.images.nbytes):
+    arrays = training.replicate(arrays, mesh)  # Each batch is then gathered on the devices.
+  place = functools.partial(training.shard_local_batch, mesh=mesh)
   start_epoch = int(state.step) // steps_per_epoch
   with training.StopRequest() as stop:
     for epoch in range(start_epoch, config.optim.epochs):
@@ -307,10 +360,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           jax.random.permutation(training.step_rng(config.seed, epoch, stream=1), num_images)
       )
       first = int(state.step) - epoch * steps_per_epoch
-      for i in range(first, steps_per_epoch):
+      index_batches = order[: steps_per_epoch * config.batch_size].reshape(steps_per_epoch, -1)
+      # Every process draws the same global batches and reads only its rows of them.
+      local = training.local_rows(index_batches[first:], mesh)
+      batches = prefetch.gathered_batches(arrays, local, place)
+      for i, batch in zip(range(first, steps_per_epoch), batches):
         step = epoch * steps_per_epoch + i
-        idx = order[i * config.batch_size : (i + 1) * config.batch_size]
-        batch = training.shard_batch((images[idx], labels[idx]), mesh)
         state, metrics = step_fn(state, *batch, training.step_rng(config.seed, step))
         if (step + 1) % config.log_every_steps == 0 or step + 1 == total_steps:
           loss = float(metrics['loss'])
@@ -335,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config.validation.seed,
         )
         setting, summary = next(iter(val.items()))
-        val_acc = summary['accuracy']
+        val_acc = training.from_process_0(summary['accuracy'])  # Decides a collective save.
         logger.log_results(int(state.step), {f'{setting}_accuracy': val_acc}, prefix='val')
         if val_acc > float(best_val):
           best_val = np.asarray(val_acc)
@@ -346,4 +401,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoints.save(int(state.step), state, {'best_val': best_val})
   logger.flush()
   restored = kept.restore(state)
-  return evaluate(config, workdir, state=restored[0] if restored else state)
+  kept_state = restored[0] if restored else state
+  results = evaluate(config, workdir, state=kept_state)
+  embed = embed_fn(kept_state, config)
+  figures.write_run_figures(config, workdir, embed, data.novel, int(kept_state.step))
+  run.finish(int(state.step))
+  return results

@@ -116,3 +116,15 @@ def mean_teacher_lr(
   if rampdown_epochs:
     lr = lr * cosine_rampdown(jnp.minimum(epoch, rampdown_epochs), rampdown_epochs)
   return lr
+
+
+def mean_teacher_schedule(optim, steps_per_epoch: int, stage_epochs: int):
+  """`mean_teacher_lr` per iteration of a stage from `config.optim`, its cosine reaching 0
+  after `optim.rampdown_ratio * stage_epochs` epochs (210 for 180: training stops above 0)."""
+  return lambda step: mean_teacher_lr(
+      step / steps_per_epoch,
+      optim.lr,
+      optim.initial_lr,
+      optim.rampup_epochs,
+      optim.rampdown_ratio * stage_epochs,
+  )

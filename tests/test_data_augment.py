@@ -55,6 +55,33 @@ def test_rotation_by_right_angles_is_exact(order):
   np.testing.assert_array_equal(augment.rotate(x, jnp.zeros(2), order), IMAGES[:2])
 
 
+def test_rotation_of_a_hand_made_image():
+  # One pixel 4 to the right of the centre (4, 4); 10 degrees counter-clockwise takes it to
+  # row 4 - 4 sin 10 = 3.31, column 4 + 4 cos 10 = 7.94: nearest pixel (3, 8), alone.
+  x = np.zeros((1, 9, 9, 1), np.uint8)
+  x[0, 4, 8] = 200
+  out = np.asarray(augment.rotate(jnp.asarray(x), jnp.array([10.0]), order=0))
+  expected = np.zeros_like(x)
+  expected[0, 3, 8] = 200
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_augment_batch_rotates_before_cropping_and_flipping():
+  # LP-DeepSSL's miniImageNet order: RandomRotation(10), RandomCrop(pad 8), flip.
+  spec = AugmentSpec(crop_padding=2, flip=True, rotate_degrees=10.0, rotate_order=0)
+  out = np.asarray(augment_batch(KEY, jnp.asarray(IMAGES), spec)) * 255.0
+  k_crop, _, k_flip, k_rotate = jax.random.split(KEY, 4)
+  x = jnp.asarray(IMAGES, jnp.float32)
+  rotated_first = augment.random_flip(
+      k_flip, augment.random_crop(k_crop, augment.random_rotate(k_rotate, x, 10.0, 0), 2)
+  )
+  np.testing.assert_allclose(out, rotated_first, atol=1e-3)
+  rotated_last = augment.random_rotate(
+      k_rotate, augment.random_flip(k_flip, augment.random_crop(k_crop, x, 2)), 10.0, 0
+  )
+  assert np.abs(out - np.asarray(rotated_last)).max() > 1
+
+
 def test_random_rotation_fills_corners_with_zero():
   ones = jnp.full((8, 9, 9, 1), 200, jnp.uint8)
   out = np.asarray(augment.random_rotate(KEY, ones, max_degrees=10.0))

@@ -18,6 +18,9 @@ the one real and slowest set (136 base classes, Lake's 400 items), runs its reci
   cifar_fs                resnet12         resnet18
   fc100                   resnet12_wide    resnet12
 
+RFS's recipe (recipe=rfs: ResNet-12-wide with DropBlock warm-up and early dropout, a linear
+head, RFS's optimiser) runs on miniimagenet/pickle (DropBlock size 5) and cifar_fs (size 2).
+
 Implanting (configs/fsl/implanting.py smoke) runs on a dc workdir of each few-shot dataset,
 with the encoders it supports (Conv-4 for Omniglot, ResNet-12 elsewhere): omniglot,
 miniimagenet/pickle (ResNet-12), cifar_fs (ResNet-12), fc100 (ResNet-12-wide); the resnet18
@@ -26,7 +29,9 @@ base of miniimagenet/ren is checked to be refused with a clear error instead.
 Semi-supervised (configs/ssl/semi_supervised.py smoke): digits, cifar10, cifar100 and
 miniimagenet run mt_dlp, which trains the Mean Teacher stage and then the label-propagation
 stage (the code paths of all four methods); fashion_mnist (fake IDX files) runs supervised, mt
-and dlp, so each method also runs on its own. digits ships with scikit-learn (no files).
+and dlp, so each method also runs on its own, and dlp again with recipe=lp_deepssl (the
+reference's recipe, which cifar10, cifar100 and miniimagenet take by default). digits ships
+with scikit-learn (no files).
 
 Omniglot needs the real zips ($OMNIGLOT_DIR, default ../shared/data/omniglot) and is skipped
 without them; everything else writes its own files.
@@ -151,13 +156,29 @@ def test_fewshot_smoke(source, head, encoder, fake_root, tmp_path_factory):
   workdir = tmp_path_factory.mktemp(f'{source}_{head}_{encoder}')
   results = fsl_train.train_and_evaluate(config, str(workdir))
   written = _check_fewshot(workdir, results, config.eval.shots, config.eval.episodes)
-  assert set(written) == ({'fewshot', 'lake_oneshot'} if source == 'omniglot' else {'fewshot'})
+  lake = {'lake_oneshot'} if source == 'omniglot' else set()
+  assert set(written) == {'fewshot', 'retrieval', 'precision'} | lake
   if source == 'omniglot':
     assert written['lake_oneshot']['items'] == 400
     assert 0.0 <= written['lake_oneshot']['error'] <= 1.0
   assert json.loads((workdir / 'config.json').read_text())['encoder'] == encoder
   if head == 'dc':
     _DC_WORKDIRS[source] = (workdir, encoder)
+
+
+@pytest.mark.parametrize('source', ('mini_pickle', 'cifar_fs'))
+def test_rfs_recipe_smoke(source, fake_root, tmp_path):
+  config = dense_classification.get_config(f'dataset={_dataset_of(source)},recipe=rfs,smoke')
+  config.data_dir = _data_dir(source, fake_root)
+  results = fsl_train.train_and_evaluate(config, str(tmp_path))
+  _check_fewshot(tmp_path, results, config.eval.shots, config.eval.episodes)
+  written = json.loads((tmp_path / 'config.json').read_text())
+  assert (written['recipe'], written['encoder'], written['head']) == (
+      'rfs',
+      'resnet12_wide',
+      'linear',
+  )
+  assert written['encoder_kwargs']['dropblock_size'] == (5 if source == 'mini_pickle' else 2)
 
 
 @pytest.mark.parametrize('source', IMPLANT_SOURCES)
@@ -174,7 +195,7 @@ def test_implanting_smoke_on_the_dc_workdir(source, tmp_path):
     return
   results = fsl_train_implanting.train_and_evaluate(config, str(tmp_path))
   written = _check_fewshot(tmp_path, results, config.eval.shots, config.eval.episodes)
-  assert set(written) == {'fewshot', 'dc_same_episodes', 'paired_gain'}
+  assert set(written) == {'fewshot', 'dc_same_episodes', 'paired_gain', 'precision'}
   for name, imp in written['fewshot'].items():
     dc = written['dc_same_episodes'][name]
     _check_summary(dc, config.eval.episodes)
@@ -192,14 +213,17 @@ SSL_MINI_TRAIN_PER_CLASS = 40
 # class count dividing both; 20 x 40 = 800 training images >= 600.
 SSL_MINI_CLASSES = {'train': 10, 'val': 5, 'test': 5}
 
+# (dataset, method, recipe); '' is the dataset's own: lp_deepssl for cifar10, cifar100 and
+# miniimagenet, project for fashion_mnist and digits.
 SSL_CASES = [
-    ('fashion_mnist', 'supervised'),
-    ('fashion_mnist', 'mt'),
-    ('fashion_mnist', 'dlp'),
-    ('digits', 'mt_dlp'),
-    ('cifar10', 'mt_dlp'),
-    ('cifar100', 'mt_dlp'),
-    ('miniimagenet', 'mt_dlp'),
+    ('fashion_mnist', 'supervised', ''),
+    ('fashion_mnist', 'mt', ''),
+    ('fashion_mnist', 'dlp', ''),
+    ('fashion_mnist', 'dlp', 'lp_deepssl'),
+    ('digits', 'mt_dlp', ''),
+    ('cifar10', 'mt_dlp', ''),
+    ('cifar100', 'mt_dlp', ''),
+    ('miniimagenet', 'mt_dlp', ''),
 ]
 
 
@@ -216,13 +240,13 @@ def ssl_root(tmp_path_factory):
   return root
 
 
-@pytest.mark.parametrize(('dataset', 'method'), SSL_CASES)
-def test_semi_supervised_smoke(dataset, method, ssl_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize(('dataset', 'method', 'recipe'), SSL_CASES)
+def test_semi_supervised_smoke(dataset, method, recipe, ssl_root, tmp_path, monkeypatch):
   if dataset == 'miniimagenet':
     # Why: with the real 500 the fake classes would leave no test image; the split rule
     # itself (first N of each class train, the rest test) is what runs.
     monkeypatch.setattr(ssl_datasets, 'MINIIMAGENET_TRAIN_PER_CLASS', SSL_MINI_TRAIN_PER_CLASS)
-  config = semi_supervised.get_config(f'dataset={dataset},method={method},smoke')
+  config = semi_supervised.get_config(f'dataset={dataset},method={method},recipe={recipe},smoke')
   if dataset != 'digits':
     config.data_dir = str(ssl_root / dataset)
   results = ssl_train.train_and_evaluate(config, str(tmp_path))

@@ -57,9 +57,19 @@ def test_k_not_below_the_number_of_images_is_an_error(tmp_path):
 
 
 @needs_fashion
-@pytest.mark.parametrize('method', ['supervised', 'mt', 'dlp', 'mt_dlp'])
-def test_smoke_run_writes_results_json(tmp_path, method):
-  results = ssl_train.train_and_evaluate(_config(f'smoke,method={method}'), str(tmp_path))
+@pytest.mark.parametrize(
+    ('method', 'recipe'),
+    [
+        ('supervised', 'project'),
+        ('mt', 'project'),
+        ('dlp', 'project'),
+        ('mt_dlp', 'project'),
+        ('mt_dlp', 'lp_deepssl'),  # Augmented graph features, momentum kept, a new teacher.
+    ],
+)
+def test_smoke_run_writes_results_json(tmp_path, method, recipe):
+  config = _config(f'smoke,method={method},recipe={recipe}')
+  results = ssl_train.train_and_evaluate(config, str(tmp_path))
   written = json.loads((tmp_path / 'results.json').read_text())
   assert written == json.loads(json.dumps(results))
   assert 0.0 <= written['test']['error'] <= 1.0

@@ -33,10 +33,24 @@ miniImageNet (the paper's setting: ResNet-12 64-128-256-512, 84x84, 64 base clas
   This is a GPU run; its duration on one GPU has not been measured here (no GPU
   and no miniImageNet copy were available to this project's machines).
 
+RFS base training (Tian et al. 2020, "Rethinking few-shot image classification"; their
+code's recipe: ResNet-12 64-160-320-640, DropBlock as RFS / MetaOptNet, a linear classifier,
+SGD 0.05, 100 epochs on miniImageNet, 90 on CIFAR-FS / FC100):
+
+  python launch/train.py \
+    --config=configs/fsl/dense_classification.py:dataset=miniimagenet,recipe=rfs \
+    --config.data_dir=/path/to/miniimagenet --workdir=workdirs/mini_rfs
+
+  and dataset=cifar_fs or fc100 with the CIFAR-100 python batches. RFS reports, 5-way
+  1/5-shot (logistic regression on its features): miniImageNet 62.02/79.64, CIFAR-FS
+  71.5/86.0, FC100 42.6/59.1. Not run here (a GPU run; no copy of these sets).
+
 Args (after the colon, comma separated): dataset (omniglot, miniimagenet,
-cifar_fs, fc100), encoder (conv4, resnet12, resnet12_wide, resnet18),
-head (dc, gap), smoke (tiny shapes and a few steps, seconds on CPU), quick
-(a short Omniglot run for `make quickstart`: fewer epochs and episodes).
+cifar_fs, fc100), recipe (lifchitz: the DC paper's; rfs: RFS's, not on omniglot),
+encoder (conv4, resnet12, resnet12_wide, resnet18; default conv4, rfs resnet12_wide),
+head (dc, gap, linear; default dc, rfs linear), smoke (tiny shapes and a few steps,
+seconds on CPU), quick (a short Omniglot run for `make quickstart`: fewer epochs and
+episodes).
 """
 
 import dataclasses
@@ -60,6 +74,24 @@ def augment_fields(dataset: str) -> dict:
   return {k: v for k, v in spec.items() if k not in ('mean', 'std')}
 
 
+# RFS / MetaOptNet DropBlock: rate 0.1, block size 5 on 84x84 images (maps 10x10 and 5x5 in
+# the last two blocks), 2 on 32x32 ones (4x4 and 2x2); keep rate ramped over 20 x 2000
+# forward passes; dropout at the same rate in the first two blocks.
+RFS_DROPBLOCK_SIZE = {'miniimagenet': 5, 'cifar_fs': 2, 'fc100': 2}
+RFS_DROP_RATE = 0.1
+RFS_DROPBLOCK_WARMUP_STEPS = 20 * 2000
+# RFS's training lengths and learning-rate decays: its train_supervised.py defaults on
+# miniImageNet; its authors' settings for CIFAR-FS and FC100 (WangYueFt/rfs issue 5).
+RFS_EPOCHS = {'miniimagenet': 100, 'cifar_fs': 90, 'fc100': 90}
+RFS_DECAY_EPOCHS = {'miniimagenet': (60, 80), 'cifar_fs': (45, 60, 75), 'fc100': (45, 60, 75)}
+RECIPE_DEFAULTS = {
+    'lifchitz': dict(encoder='conv4', head='dc'),
+    'rfs': dict(encoder='resnet12_wide', head='linear'),
+}
+ENCODERS = ('conv4', 'resnet12', 'resnet12_wide', 'resnet18')
+HEADS = ('dc', 'gap', 'linear')
+
+
 def encoder_kwargs(encoder: str, dataset: str, smoke: bool) -> dict:
   if encoder == 'conv4':
     # On 28x28 characters four pooled blocks leave a 1x1 map, where dense
@@ -69,21 +101,62 @@ def encoder_kwargs(encoder: str, dataset: str, smoke: bool) -> dict:
   return dict(widths=(4, 8, 8, 16)) if smoke else {}
 
 
+def resolve_recipe(args: dict) -> dict:
+  """`args` with the recipe's encoder and head where none was given; checks the choices."""
+  recipe, dataset = args['recipe'], args['dataset']
+  args = dict(args)
+  for name, allowed in (('encoder', ENCODERS), ('head', HEADS)):
+    args[name] = args[name] or RECIPE_DEFAULTS[recipe][name]
+    if args[name] not in allowed:
+      raise ValueError(f'config arg {name}={args[name]!r} is not one of {list(allowed)}.')
+  if recipe == 'rfs':
+    if dataset not in RFS_DROPBLOCK_SIZE:
+      raise ValueError(
+          f'config arg recipe=rfs has no setting for dataset={dataset!r}; '
+          f'choose one of {sorted(RFS_DROPBLOCK_SIZE)}.'
+      )
+    if args['encoder'] not in ('resnet12', 'resnet12_wide'):
+      raise ValueError(
+          f'config arg recipe=rfs regularises a ResNet-12 (DropBlock); encoder='
+          f"{args['encoder']!r} has none: choose resnet12_wide (RFS's) or resnet12."
+      )
+  return args
+
+
+def rfs_encoder_kwargs(dataset: str, smoke: bool) -> dict:
+  """RFS / MetaOptNet's DropBlock and dropout for `dataset`."""
+  return dict(
+      dropblock=True,
+      drop_rate=RFS_DROP_RATE,
+      dropblock_size=RFS_DROPBLOCK_SIZE[dataset],
+      # A smoke run is a few steps: a short ramp reaches the full rate within it.
+      dropblock_warmup_steps=2 if smoke else RFS_DROPBLOCK_WARMUP_STEPS,
+      early_dropout=True,
+  )
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_args(
       arg,
-      dict(dataset='omniglot', encoder='conv4', head='dc', smoke=False, quick=False),
-      choices={
-          'dataset': tuple(DATASET_DEFAULTS),
-          'head': ('dc', 'gap'),
-          'encoder': ('conv4', 'resnet12', 'resnet12_wide', 'resnet18'),
-      },
+      dict(dataset='omniglot', recipe='lifchitz', encoder='', head='', smoke=False, quick=False),
+      choices={'dataset': tuple(DATASET_DEFAULTS), 'recipe': tuple(RECIPE_DEFAULTS)},
   )
-  dataset, smoke = args['dataset'], args['smoke']
-  defaults = DATASET_DEFAULTS[dataset]
+  args = resolve_recipe(args)
+  dataset, smoke, rfs = args['dataset'], args['smoke'], args['recipe'] == 'rfs'
   c = ml_collections.ConfigDict()
+  c.recipe = args['recipe']
+  defaults = DATASET_DEFAULTS[dataset]
   c.trainer = 'fsl'
   c.seed = 0
+  # What convolutions and matrix products compute in: 'float32' (the papers') or 'bfloat16';
+  # parameters, optimizer state, BatchNorm statistics, logits and losses stay float32.
+  c.dtype = 'float32'
+  # JAX's precision for float32 products: 'highest' is true float32, 'high' and 'default' are
+  # TF32 on recent NVIDIA GPUs (groundwork/training/precision.py).
+  c.matmul_precision = 'highest'
+  # Training images kept on the accelerator, batches gathered there: 'auto' (when the uint8
+  # images fit in a quarter of a device's memory), 'yes', or 'no' (host batches, prefetched).
+  c.data_on_device = 'auto'
   c.dataset = dataset
   c.data_dir = defaults['data_dir']
   c.image_size = defaults['image_size']
@@ -91,7 +164,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.max_base_images_per_class = 4 if smoke else 0  # 0 = all.
 
   c.encoder = args['encoder']
-  c.encoder_kwargs = encoder_kwargs(args['encoder'], dataset, smoke)
+  kwargs = encoder_kwargs(args['encoder'], dataset, smoke)
+  c.encoder_kwargs = {**kwargs, **rfs_encoder_kwargs(dataset, smoke)} if rfs else kwargs
   c.head = args['head']
   # DC+WIDE control: widen the implanted layers of the last block by this many
   # channels (0 = off), to show the gain of implanting is not just parameters.
@@ -111,6 +185,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.decay_epochs = (20, 40, 50)
   c.optim.decay_factor = 0.1
   c.optim.warmup_epochs = 0
+  if rfs:
+    c.batch_size = 16 if smoke else 64
+    c.optim.lr = 0.05
+    c.optim.nesterov = False
+    c.optim.epochs = RFS_EPOCHS[dataset]
+    c.optim.decay_epochs = RFS_DECAY_EPOCHS[dataset]
   if args['quick']:
     c.optim.epochs = 8
   if smoke:
@@ -128,6 +208,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.batch_episodes = 500
   c.eval.embed_batch = 256
   c.eval.lake = dataset == 'omniglot'
+  # 'pooled' | 'dense': also label propagation in each episode and Lake run (fsl/transductive.py)
+  # over pooled features or DC's positions, paired with the prototypes on the same episodes.
+  c.eval.transductive = 'none'
+  # k, alpha and class-mass normalisation chosen on validation classes (Omniglot's Greek
+  # alphabet held out of the base classes; benchmarks/transductive_sweep.py, docs/diffusion.md).
+  c.eval.propagation = ml_collections.ConfigDict(
+      dict(k=10, gamma=3.0, alpha=0.95, cg_iterations=20, class_mass=True)
+  )
+  # One-to-one assignment of each Lake run's 20 test images to its 20 classes: it exploits how
+  # the runs are built (each class tested once), so it is off unless asked, and named.
+  c.eval.lake_assignment = False
+  # Retrieval metrics on the novel classes, Euclidean and diffusion re-ranking (Iscen et al.,
+  # CVPR 2017: k, k_q, gamma, alpha of its global descriptors); groundwork/evaluation/retrieval.py.
+  # Omniglot's Greek validation classes chose k=10, query_k=3, alpha=0.9, mutual=False.
+  c.eval.retrieval = ml_collections.ConfigDict(
+      dict(enabled=True, k=50, query_k=10, gamma=3.0, alpha=0.99, cg_iterations=20, mutual=True)
+  )
   if args['quick']:
     c.eval.episodes = 1000
   if smoke:
@@ -138,4 +235,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.checkpoint = ml_collections.ConfigDict(dict(every_epochs=1, keep=3))
   c.log_every_steps = 1 if smoke else 20
+  # Learning curves and the method's figures in <workdir>/figures/ and TensorBoard (seconds).
+  c.figures = True
   return c

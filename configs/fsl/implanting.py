@@ -44,6 +44,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = 'fsl_implanting'
   c.seed = 0
+  # What convolutions and matrix products compute in: 'float32' (the papers') or 'bfloat16';
+  # parameters, optimizer state, BatchNorm statistics, logits and losses stay float32.
+  c.dtype = 'float32'
+  # JAX's precision for float32 products: 'highest' is true float32, 'high' and 'default' are
+  # TF32 on recent NVIDIA GPUs (groundwork/training/precision.py).
+  c.matmul_precision = 'highest'
   c.base_workdir = ''  # A workdir trained by dense_classification.py with head=dc.
   c.data_dir = ''  # '' reads the data_dir the base run used.
 

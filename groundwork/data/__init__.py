@@ -33,7 +33,12 @@ _EXPORTS = {
         'omniglot_alphabet_of',
         'omniglot_file',
     ),
-    'groundwork.data.prefetch': ('prefetch_to_device',),
+    'groundwork.data.prefetch': (
+        'check_data_on_device',
+        'gathered_batches',
+        'keep_on_device',
+        'prefetch_to_device',
+    ),
     'groundwork.data.splits': (
         'balanced_labeled_indices',
         'read_reference_labels',

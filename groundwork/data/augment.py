@@ -106,17 +106,22 @@ def normalize(x: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> 
 
 
 def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec) -> jax.Array:
-  """Applies `spec` to uint8 (or 0..255 float) images; returns normalised float32."""
+  """Applies `spec` to uint8 (or 0..255 float) images; returns normalised float32.
+
+  Rotation comes first, about the uncropped image's centre, then crop, translation and
+  flip: torchvision's order in LP-DeepSSL's miniImageNet transform (RandomRotation(10),
+  RandomCrop(84, padding=8), RandomHorizontalFlip).
+  """
   k_crop, k_translate, k_flip, k_rotate = jax.random.split(key, 4)
   x = images.astype(jnp.float32)
+  if spec.rotate_degrees:
+    x = random_rotate(k_rotate, x, spec.rotate_degrees, spec.rotate_order)
   if spec.crop_padding:
     x = random_crop(k_crop, x, spec.crop_padding)
   if spec.translate:
     x = random_translate(k_translate, x, spec.translate)
   if spec.flip:
     x = random_flip(k_flip, x)
-  if spec.rotate_degrees:
-    x = random_rotate(k_rotate, x, spec.rotate_degrees, spec.rotate_order)
   return normalize(x, spec.mean, spec.std)
 
 

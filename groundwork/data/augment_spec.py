@@ -35,8 +35,9 @@ class AugmentSpec:
     crop_padding: random crop with this zero padding (0 = off).
     translate: random translation by up to this many pixels, reflect fill (0 = off).
     flip: random horizontal flip.
-    rotate_degrees: random rotation in ±rotate_degrees (0 = off).
-    rotate_order: 1 bilinear, 0 nearest.
+    rotate_degrees: random rotation in ±rotate_degrees (0 = off), zero fill, applied
+      before the crop, translation and flip.
+    rotate_order: 1 bilinear, 0 nearest (torchvision's RandomRotation default).
     mean, std: per-channel normalisation in 0..1 units.
   """
 
