@@ -43,6 +43,10 @@ pytestmark = pytest.mark.multihost
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS_RTOL = 1e-5
 RESULT_RTOL = 1e-6
+# Accuracies count decisions: parameters that differ at float32 rounding (the two runs sum
+# gradients in another order) can flip a query that lies on a decision boundary. Measured
+# without the CPU kernels: one validation setting 0.915 against 0.910 (one query of 200).
+DECISION_ATOL = 0.01
 TIMEOUT_S = 600
 # Variables that would make a launch join some other run, or pick another platform.
 _SCRUBBED = ('JAX_', 'SLURM_', 'OMPI_', 'XLA_FLAGS', 'TPU_')
@@ -135,11 +139,16 @@ def _assert_same_losses(one: pathlib.Path, two: pathlib.Path) -> None:
   for tag in set(expected) - timing(expected):
     assert [s for s, _ in got[tag]] == [s for s, _ in expected[tag]], tag
     tolerance = LOSS_RTOL if tag in losses else RESULT_RTOL
+    atol = DECISION_ATOL if _counts_decisions(tag) else 1e-9
     for (step, a), (_, b) in zip(expected[tag], got[tag]):
-      assert math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-9), (tag, step, a, b)
+      assert math.isclose(a, b, rel_tol=tolerance, abs_tol=atol), (tag, step, a, b)
   # One event file per logger: the second process wrote none.
   events = lambda workdir: len(list(workdir.glob('events.out.tfevents.*')))
   assert events(two) == events(one) > 0
+
+
+def _counts_decisions(name: str) -> bool:
+  return any(word in name for word in ('accuracy', 'error', 'ci95'))
 
 
 def _assert_same_results(expected, got, path='results') -> None:
@@ -148,7 +157,8 @@ def _assert_same_results(expected, got, path='results') -> None:
     for key in expected:
       _assert_same_results(expected[key], got[key], f'{path}.{key}')
   elif isinstance(expected, float):
-    assert math.isclose(expected, got, rel_tol=RESULT_RTOL, abs_tol=1e-12), (path, expected, got)
+    atol = DECISION_ATOL if _counts_decisions(path) else 1e-12
+    assert math.isclose(expected, got, rel_tol=RESULT_RTOL, abs_tol=atol), (path, expected, got)
   else:
     assert expected == got, path
 
