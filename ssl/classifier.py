@@ -183,14 +183,18 @@ def error_rate(state, fn, dataset, batch_size) -> float:
 
 def retrieval_settings(config) -> dict:
   """config.eval_retrieval as `retrieval_report`'s keyword arguments."""
-  return {k: v for k, v in config.eval_retrieval.to_dict().items() if k != 'enabled'}
+  skip = ('enabled', 'max_images')
+  return {k: v for k, v in config.eval_retrieval.to_dict().items() if k not in skip}
 
 
 def test_retrieval(config, state, fn, dataset) -> dict:
-  """Retrieval metrics of `fn`'s pooled features, each image a query against all others."""
-  _, features = map_in_batches(lambda b: fn(state, b), dataset.images, config.eval_batch_size)
+  """Retrieval metrics of `fn`'s pooled features, each image a query against all others
+  (the first `eval_retrieval.max_images` of `dataset`, if that is above 0)."""
+  count = config.eval_retrieval.max_images or len(dataset.labels)
+  images, labels = dataset.images[:count], dataset.labels[:count]
+  _, features = map_in_batches(lambda b: fn(state, b), images, config.eval_batch_size)
   return retrieval.retrieval_report(
-      features, dataset.labels, seed=config.seed, **retrieval_settings(config)
+      features, labels, seed=config.seed, **retrieval_settings(config)
   )
 
 

@@ -123,6 +123,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   training.check_precision(config)
   if config.eval_retrieval.enabled:
     retrieval.check_settings(config_path='config.eval_retrieval', **retrieval_settings(config))
+    if config.eval_retrieval.max_images < 0:
+      raise ValueError('config.eval_retrieval.max_images must be >= 0 (0 = the whole test set).')
   prefetch.check_data_on_device(config.get('data_on_device', 'auto'))
 
 

@@ -268,6 +268,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_retrieval = ml_collections.ConfigDict(
       dict(enabled=True, k=50, query_k=10, gamma=3.0, alpha=0.99, cg_iterations=20, mutual=True)
   )
+  # 0 = the whole test set; a smoke run ranks its first 500 images (seconds, not a minute).
+  c.eval_retrieval.max_images = 500 if smoke else 0
   c.log_every_steps = 5 if smoke else 100
   # Learning curves and the method's figures in <workdir>/figures/ and TensorBoard (seconds).
   c.figures = True
