@@ -90,6 +90,20 @@ def test_the_documented_example_runs(fewshot_workdir, tmp_path, monkeypatch):
   np.testing.assert_allclose(np.diag(own.scores), 1.0, atol=1e-5)
 
 
+def test_the_readme_example_runs(fewshot_workdir, tmp_path, monkeypatch):
+  _extract_like_the_doc(tmp_path)  # The same characters as README's unzip comment.
+  readme = (ROOT / 'README.md').read_text()
+  (example,) = [b for b in re.findall(r'```python\n(.*?)```', readme, re.S) if 'load_trained' in b]
+  code = example.replace("'workdirs/quickstart'", repr(str(fewshot_workdir)))
+  monkeypatch.chdir(tmp_path)
+  printed, scope = io.StringIO(), {}
+  with contextlib.redirect_stdout(printed):
+    exec(compile(code, 'README.md', 'exec'), scope)  # pylint: disable=exec-used
+  labels = eval(printed.getvalue())  # pylint: disable=eval-used
+  assert len(labels) == len(scope['queries']) == 6
+  assert set(labels) <= {'character01', 'character02'}
+
+
 def test_files_are_read_as_the_loader_reads_them(fewshot_workdir, tmp_path):
   model = load_trained(str(fewshot_workdir))
   novel = gdata.load_omniglot(OMNIGLOT_DIR, ('images_background_small2.zip',), image_size=28)
