@@ -29,13 +29,7 @@ from groundwork.encoders import Conv4, Conv4Block, ResNet12, ResNet12Block, ResN
 CONFIG = ImplantConfig(steps=2, learning_rate=1e-2, scale=10.0)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _fast_compile():
-  """Compilation dominates these tiny tests; XLA's optimisations do not pay off here."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # Compilation dominates these tests.
 
 
 def _trained_like(base, x):

@@ -25,6 +25,7 @@ from groundwork.encoders import Conv4, build_encoder
 from groundwork.encoders.layers import batch_norm
 from semisup import classifier as ssl_classifier
 from semisup import train as ssl_train
+from tests.conftest import xla_optimizations_off
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
@@ -40,10 +41,8 @@ NUM_CLASSES = 10
 @pytest.fixture(name='fast_compile')
 def fixture_fast_compile():
   """Compilation dominates the tests that take a step or two; XLA's optimisations do not pay."""
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+  with xla_optimizations_off():
+    yield
 
 
 def _fsl_config(dtype: str, arg: str = 'smoke,encoder=resnet12'):

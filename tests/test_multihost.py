@@ -37,6 +37,7 @@ from fsl import train as fsl_train
 from groundwork.training import distributed
 from groundwork.training.metric_log import read_scalars
 from tests import fake_data
+from tests.conftest import xla_optimizations_off
 
 pytestmark = pytest.mark.multihost
 
@@ -191,12 +192,10 @@ def test_few_shot_training_on_two_processes_matches_one(tmp_path):
   rerun = _start(args, two, 2, 2, via='flags')
   # Meanwhile this one-device process evaluates the checkpoint both processes wrote.
   config = ml_collections.ConfigDict(json.loads((two / 'config.json').read_text()))
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
   try:
-    evaluated = fsl_train.evaluate(config, str(two), output_dir=str(tmp_path / 'evaluated'))
+    with xla_optimizations_off():
+      evaluated = fsl_train.evaluate(config, str(two), output_dir=str(tmp_path / 'evaluated'))
   finally:
-    jax.config.update('jax_disable_most_optimizations', previous)
     _finish(rerun)
   _assert_same_results(first, _results(two))
   assert evaluated['fewshot'].keys() == first['fewshot'].keys()

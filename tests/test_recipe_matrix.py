@@ -43,7 +43,6 @@ import os
 import pathlib
 import sys
 
-import jax
 import pytest
 
 from fsl import train as fsl_train
@@ -52,7 +51,8 @@ from semisup import datasets as ssl_datasets
 from semisup import train as ssl_train
 from tests import fake_data
 
-pytestmark = pytest.mark.matrix
+# These runs check that each recipe runs and writes sane numbers, not its speed.
+pytestmark = [pytest.mark.matrix, pytest.mark.usefixtures('fast_compiles')]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OMNIGLOT_DIR = os.environ.get('OMNIGLOT_DIR', str(ROOT.parent / 'shared' / 'data' / 'omniglot'))
@@ -88,16 +88,6 @@ FSL_CASES = [
 ]
 IMPLANTABLE = ('conv4', 'resnet12', 'resnet12_wide')
 IMPLANT_SOURCES = ('omniglot', 'mini_pickle', 'mini_ren', 'cifar_fs', 'fc100')
-
-
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  # These runs check that each recipe runs and writes sane numbers, not its speed; XLA's
-  # optimisation passes are most of each run's time on a CPU (half, measured).
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
 
 
 def _dataset_of(source: str) -> str:

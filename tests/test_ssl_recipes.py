@@ -26,6 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'configs' / 'ssl'))
 import semi_supervised  # noqa: E402  pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.usefixtures('fast_compiles')  # Tiny models: compiling dominates.
+
 # ---------------------------------------------------------------- the table
 
 # Per dataset: helpers.py `load_args` (cifar100 L370-383, cifar10 L385-397, miniimagenet
@@ -192,15 +194,6 @@ def test_check_config_ranges():
 
 
 # ---------------------------------------------------------------- what each choice does
-
-
-@pytest.fixture(scope='module', autouse=True)
-def fast_compiles():
-  # Tiny models whose time is XLA's optimisation passes; the numbers do not depend on them.
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
 
 
 SHAPE = (8, 8, 1)
