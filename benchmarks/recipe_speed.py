@@ -369,7 +369,8 @@ def finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def run_recipe(name: str, dtype: str, args, data_dir: str, env: dict) -> dict:
+def run_recipe(name: str, dtype: str, args, data_dir: str, env: dict, timeout: float) -> dict:
+  """One recipe's run in `dtype`, stopped after `timeout` seconds."""
   recipe = RECIPES[name]
   spec = recipe.config + (",smoke" if args.smoke else "")
   config = load_config(spec)
@@ -409,13 +410,16 @@ def run_recipe(name: str, dtype: str, args, data_dir: str, env: dict) -> dict:
     flags += [f"--config.data_dir={os.path.join(data_dir, recipe.data)}"]
     flags += [f"--config.{field}={run_epochs}" for field in recipe.epoch_fields]
   cmd = [sys.executable, os.path.abspath(__file__), "--launch", f"--config={spec}"]
-  cmd += [f"--workdir={workdir}", *flags]
+  # Every run compiles afresh, as a first run does: no programs from the compilation cache.
+  cmd += [f"--workdir={workdir}", "--compilation_cache=", *flags]
   print(f"{name} {dtype}: launch/train.py {' '.join(cmd[3:])}", flush=True)
   log_path = os.path.join(args.out, "logs", f"{name}_{dtype}.log")
-  lines, code = run_logged(cmd, log_path, args.timeout, env)
+  lines, code = run_logged(cmd, log_path, timeout, env)
   command = " ".join(["launch/train.py", *cmd[3:]])  # What it runs, as a user would type it.
   result = dict(recipe=name, dtype=dtype, command=command, log=log_path, exit_code=code)
   if code != 0:
+    if lines[-1][0] >= timeout:
+      return {**result, "error": f"stopped after {timeout:.0f} s (--timeout, --budget-s)"}
     tail = "\n".join(text for _, text in lines[-15:])
     return {**result, "error": f"exit code {code}; the end of {log_path}:\n{tail}"}
   run = parse_run(lines)
@@ -577,6 +581,14 @@ def main() -> None:
       "'default' is TF32 on a recent NVIDIA GPU)",
   )
   parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
+  parser.add_argument(
+      "--budget-s",
+      type=float,
+      default=None,
+      help="seconds for everything: the step figure first, then the runs in the order "
+      "dtype by dtype (--dtypes), recipe by recipe, until the budget leaves under a minute; "
+      "the report is rewritten after each run",
+  )
   parser.add_argument("--smoke", action="store_true", help="tiny data and smoke configs (CPU)")
   parser.add_argument("--skip-step", action="store_true", help="do not time the ResNet-12 step")
   parser.add_argument("--measure-step", action="store_true", help=argparse.SUPPRESS)
@@ -597,25 +609,37 @@ def main() -> None:
   data_dir = args.data_dir or os.path.join(args.out, "data")
   env = {**os.environ, "JAX_LOG_COMPILES": "1", "PYTHONUNBUFFERED": "1"}
 
+  deadline = time.perf_counter() + (args.budget_s or float("inf"))
   written = write_data(data_dir, {RECIPES[r].data for r in recipes}, args.smoke)
   startup_s, device = startup(env)
   print(f"start-up alone: {startup_s:.1f} s on {device['device']}", flush=True)
-  results = []
-  for name in recipes:
-    for dtype in dtypes:
-      results.append(run_recipe(name, dtype, args, data_dir, env))
-      print(json.dumps({k: v for k, v in results[-1].items() if k != "command"}), flush=True)
-  step = {} if args.skip_step else step_figures(args, env)
+  step = {"error": "skipped (--skip-step)"} if args.skip_step else step_figures(args, env)
   info = dict(
       **device, scale=args.scale, smoke=args.smoke, startup_s=startup_s, data_written_s=written
   )
-  report = markdown(results, step or {"error": "skipped (--skip-step)"}, info)
-  with open(os.path.join(args.out, "recipe_speed.json"), "w", encoding="utf-8") as f:
-    json.dump(dict(info=info, runs=results, step=step), f, indent=1)
-  with open(os.path.join(args.out, "recipe_speed.md"), "w", encoding="utf-8") as f:
-    f.write(report)
+  results = []
+  for dtype in dtypes:
+    for name in recipes:
+      left = deadline - time.perf_counter()
+      if left < 60:
+        results.append(dict(recipe=name, dtype=dtype, error="not run: --budget-s spent"))
+        continue
+      results.append(run_recipe(name, dtype, args, data_dir, env, min(args.timeout, left)))
+      print(json.dumps({k: v for k, v in results[-1].items() if k != "command"}), flush=True)
+      report = write_report(args.out, results, step, info)
+  report = write_report(args.out, results, step, info)
   print("\n" + report)
   print(f"wrote {args.out}/recipe_speed.json and recipe_speed.md")
+
+
+def write_report(out: str, results: list[dict], step: dict, info: dict) -> str:
+  """recipe_speed.json and recipe_speed.md in `out`, as far as the runs went; the table."""
+  report = markdown(results, step, info)
+  with open(os.path.join(out, "recipe_speed.json"), "w", encoding="utf-8") as f:
+    json.dump(dict(info=info, runs=results, step=step), f, indent=1)
+  with open(os.path.join(out, "recipe_speed.md"), "w", encoding="utf-8") as f:
+    f.write(report)
+  return report
 
 
 if __name__ == "__main__":

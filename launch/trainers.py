@@ -151,6 +151,19 @@ def define_distributed_flags():
   return initialize
 
 
+def define_compilation_cache_flag():
+  """The --compilation_cache flag; returns the function that turns the cache on from it."""
+  from groundwork.training import compilation_cache  # pylint: disable=import-outside-toplevel
+
+  directory = flags.DEFINE_string(
+      'compilation_cache',
+      compilation_cache.default_directory(),
+      'Folder that keeps compiled programs between runs, so a resumed run, an evaluation or '
+      'a rerun of the same shapes skips compiling; empty turns it off.',
+  )
+  return lambda: compilation_cache.enable(directory.value)
+
+
 def launch_train() -> None:
   """`<trainer>.train_and_evaluate(config, workdir, allow_config_change=...)`."""
   config = config_flags.DEFINE_config_file(
@@ -166,10 +179,12 @@ def launch_train() -> None:
   )
   flags.mark_flags_as_required(['config', 'workdir'])
   start_processes = define_distributed_flags()
+  start_cache = define_compilation_cache_flag()
 
   def main(argv):
     del argv
     _quiet_logs()
+    start_cache()
     start_processes()
     trainer = trainer_module(config.value)
     _fatal_on_workdir_errors(
@@ -208,6 +223,7 @@ def launch_evaluate() -> None:
   )
   flags.mark_flags_as_required(['workdir'])
   start_processes = define_distributed_flags()
+  start_cache = define_compilation_cache_flag()
   if flag_value(sys.argv, 'config') is not None:
     config = config_flags.DEFINE_config_file(
         'config',
@@ -230,6 +246,7 @@ def launch_evaluate() -> None:
   def main(argv):
     del argv
     _quiet_logs()
+    start_cache()
     start_processes()
     from groundwork import training  # pylint: disable=import-outside-toplevel
 

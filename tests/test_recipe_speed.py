@@ -96,3 +96,26 @@ def test_smoke_run_end_to_end(tmp_path):
   assert 0 < report['step']['share_of_peak'] and report['step']['peak_bf16_tflops'] > 0
   table = (tmp_path / 'recipe_speed.md').read_text()
   assert '| mini_dc | bfloat16 |' in table and 'ResNet-12 train step' in table
+
+
+def test_budget_spent_reports_the_runs_left_out(tmp_path):
+  cmd = [
+      sys.executable,
+      str(ROOT / 'benchmarks' / 'recipe_speed.py'),
+      '--smoke',
+      '--recipes=mini_dc,cifar10_mt_dlp',
+      '--dtypes=bfloat16',
+      '--skip-step',
+      '--budget-s=1',
+      f'--out={tmp_path}',
+  ]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  report = json.loads((tmp_path / 'recipe_speed.json').read_text())
+  assert [(r['recipe'], r['error']) for r in report['runs']] == [
+      ('mini_dc', 'not run: --budget-s spent'),
+      ('cifar10_mt_dlp', 'not run: --budget-s spent'),
+  ]
+  assert '| mini_dc | bfloat16 | failed: not run: --budget-s spent |' in (
+      tmp_path / 'recipe_speed.md'
+  ).read_text()
