@@ -14,6 +14,11 @@ from jax.scipy import ndimage
 
 # Re-exported: the per-dataset defaults live where configs can read them without JAX.
 from groundwork.data.augment_spec import NORMALIZATION, AugmentSpec, augment_spec_for
+from groundwork.data.color_jitter import color_jitter
+
+# Colour jitter's key is folded from the step's key, so that without it the other
+# augmentations draw exactly what they drew before it existed.
+_COLOR_JITTER_STREAM = 0x0C01
 
 
 def _restore_dtype(x: jax.Array, dtype) -> jax.Array:
@@ -110,8 +115,18 @@ def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec) -> jax.A
 
   Rotation comes first, about the uncropped image's centre, then crop, translation and
   flip: torchvision's order in LP-DeepSSL's miniImageNet transform (RandomRotation(10),
-  RandomCrop(84, padding=8), RandomHorizontalFlip).
+  RandomCrop(84, padding=8), RandomHorizontalFlip). Colour jitter comes before the flip and
+  after the crop, as in RFS, so the crop's zero padding counts in the contrast's mean.
   """
+  if spec.color_jitter and images.shape[-1] != 3:
+    raise ValueError(
+        f'AugmentSpec.color_jitter={spec.color_jitter} needs RGB images; these have '
+        f'{images.shape[-1]} channel(s): set color_jitter=0 for them.'
+    )
+  if spec.color_jitter < 0:
+    raise ValueError(
+        f'AugmentSpec.color_jitter={spec.color_jitter} must be >= 0 (0 = off; RFS uses 0.4).'
+    )
   k_crop, k_translate, k_flip, k_rotate = jax.random.split(key, 4)
   x = images.astype(jnp.float32)
   if spec.rotate_degrees:
@@ -120,6 +135,8 @@ def augment_batch(key: jax.Array, images: jax.Array, spec: AugmentSpec) -> jax.A
     x = random_crop(k_crop, x, spec.crop_padding)
   if spec.translate:
     x = random_translate(k_translate, x, spec.translate)
+  if spec.color_jitter:
+    x = color_jitter(jax.random.fold_in(key, _COLOR_JITTER_STREAM), x, spec.color_jitter)
   if spec.flip:
     x = random_flip(k_flip, x)
   return normalize(x, spec.mean, spec.std)

@@ -17,8 +17,9 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     ),
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     'cifar100': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'cifar_fs': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    'fc100': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # CIFAR-FS and FC100 split CIFAR-100's images: its statistics, RFS's values.
+    'cifar_fs': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    'fc100': ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
     # Measured with this package's loaders: Omniglot on images_background_small1+2
     # at 28x28 (strokes high), Fashion-MNIST on its training set, digits on all 1,797.
     'omniglot': ((0.0843,), (0.2393,)),
@@ -38,6 +39,8 @@ class AugmentSpec:
     rotate_degrees: random rotation in ±rotate_degrees (0 = off), zero fill, applied
       before the crop, translation and flip.
     rotate_order: 1 bilinear, 0 nearest (torchvision's RandomRotation default).
+    color_jitter: torchvision's ColorJitter(b, b, b) on PIL images with b = this value
+      (0 = off; RGB images only), applied after the crop and translation, before the flip.
     mean, std: per-channel normalisation in 0..1 units.
   """
 
@@ -46,6 +49,7 @@ class AugmentSpec:
   flip: bool = False
   rotate_degrees: float = 0.0
   rotate_order: int = 1
+  color_jitter: float = 0.0
   mean: tuple[float, ...] = (0.0,)
   std: tuple[float, ...] = (1.0,)
 
