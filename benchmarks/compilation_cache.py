@@ -104,7 +104,9 @@ def main() -> None:
   info = dict(platform=platform.platform(), cpus=os.cpu_count(), loadavg_end=os.getloadavg())
   with open(os.path.join(args.out, "compilation_cache.json"), "w", encoding="utf-8") as f:
     json.dump(dict(info=info, cases=results), f, indent=1)
-  print("| case | device | batch | first batch s, cold / warm | episodes/s | process s, cold / warm |")
+  print(
+      "| case | device | batch | first batch s, cold / warm | episodes/s | process s, cold / warm |"
+  )
   print("|---|---|---|---|---|---|")
   for case, r in results.items():
     cold, warm = r["cold"], r["warm"]

@@ -116,6 +116,7 @@ def test_budget_spent_reports_the_runs_left_out(tmp_path):
       ('mini_dc', 'not run: --budget-s spent'),
       ('cifar10_mt_dlp', 'not run: --budget-s spent'),
   ]
-  assert '| mini_dc | bfloat16 | failed: not run: --budget-s spent |' in (
-      tmp_path / 'recipe_speed.md'
-  ).read_text()
+  assert (
+      '| mini_dc | bfloat16 | failed: not run: --budget-s spent |'
+      in (tmp_path / 'recipe_speed.md').read_text()
+  )

@@ -79,6 +79,15 @@ def test_config_diff_lists_leaves_with_both_values_and_ignores_tuple_vs_list():
   ]
 
 
+def test_a_field_added_later_compares_as_its_old_behaviour_when_absent():
+  saved = json.loads(json.dumps(_config().to_dict()))  # Written before the field existed.
+  new = _config()
+  new.augment = {'color_jitter': 0.0}
+  assert training.config_diff(saved, new) == []
+  new.augment.color_jitter = 0.4
+  assert training.config_diff(saved, new) == [('augment.color_jitter', 0.0, 0.4)]
+
+
 def test_a_changed_config_is_refused_listing_each_field_then_allowed_and_recorded(tmp_path):
   run = training.start_run(str(tmp_path), _config())
   assert not (tmp_path / 'config.json').exists()  # Written only once every check passed.

@@ -55,6 +55,9 @@ SAFE_TO_CHANGE = (
     'data_on_device',
     'figures',
 )
+# Fields added after workdirs were trained, each with the value that trains as those runs
+# did: absent from a saved config.json, such a field compares as this value.
+ADDED_LATER = {'augment.color_jitter': 0.0}
 # The fields that name how a workdir was trained, in the order a message gives them.
 METHOD_FIELDS = ('trainer', 'method', 'head')
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
@@ -315,8 +318,12 @@ def config_as_json(config: ml_collections.ConfigDict | dict) -> dict:
 
 def config_diff(saved: dict, config: dict) -> list[tuple[str, Any, Any]]:
   """`(field, saved value, new value)` for each leaf field that differs; a field absent
-  from one side has the value `MISSING` there."""
+  from one side has the value `MISSING` there (from `saved`, one of `ADDED_LATER` has its
+  value there)."""
   old, new = _flatten(config_as_json(saved)), _flatten(config_as_json(config))
+  for field, value in ADDED_LATER.items():
+    if field in new:
+      old.setdefault(field, value)
   return [
       (field, old.get(field, MISSING), new.get(field, MISSING))
       for field in sorted(set(old) | set(new))
