@@ -19,6 +19,7 @@ import json
 import os
 import time
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -133,6 +134,23 @@ def _batch_accuracies(batch_fn, episodes, start: int, size: int) -> np.ndarray:
   return np.asarray(accuracies, np.float32)[: min(size, total - start)]
 
 
+def smaller_batch(error: Exception, batch: int) -> int:
+  """Half `batch` when `error` is the device running out of memory on a batch of episodes
+  (one process only: several would have to agree); otherwise `error` is raised again."""
+  out_of_memory = isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(
+      error
+  )
+  if not out_of_memory or batch <= 1 or jax.process_count() > 1:
+    raise error
+  print(
+      f'DC+IMP: {batch} episodes per batch do not fit in the device memory; trying '
+      f'{batch // 2} (--config.eval.batch_episodes={batch // 2} starts there; the accuracies '
+      'do not depend on it).',
+      flush=True,
+  )
+  return batch // 2
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """The settings alone, before the base run or any data is read."""
   if not config.base_workdir:
@@ -208,6 +226,7 @@ def train_and_evaluate(
   )
   results = {'fewshot': {}, 'dc_same_episodes': {}, 'paired_gain': {}}
   per_episode = {}
+  batch = config.eval.batch_episodes  # Halved while a batch does not fit in the device.
   with training.StopRequest() as stop:
     for k_shot in config.eval.shots:
       name = f'{config.eval.n_way}way_{k_shot}shot'
@@ -229,13 +248,17 @@ def train_and_evaluate(
           flush=True,
       )
       started = last_report = time.monotonic()
-      for start in range(resumed, total, config.eval.batch_episodes):
-        imp = np.concatenate(
-            [imp, _batch_accuracies(batch_fn, episodes, start, config.eval.batch_episodes)]
-        )
+      while len(imp) < total:
+        try:
+          done = _batch_accuracies(batch_fn, episodes, len(imp), batch)
+        except jax.errors.JaxRuntimeError as error:
+          batch = smaller_batch(error, batch)
+          continue
+        first = len(imp) == resumed
+        imp = np.concatenate([imp, done])
         progress.save(name, identity, imp)
         now = time.monotonic()
-        if start == resumed or len(imp) == total or now - last_report >= REPORT_EVERY_S:
+        if first or len(imp) == total or now - last_report >= REPORT_EVERY_S:
           rate = (len(imp) - resumed) / max(now - started, 1e-9)
           print(
               f'  DC+IMP {name}: episodes {len(imp)}/{total}, {rate:.2f} episodes/s, '

@@ -203,6 +203,42 @@ def test_implanting_smoke_run_on_the_dc_workdir(dc_smoke_workdir, tmp_path):
 
 
 @needs_omniglot
+def test_implanting_halves_a_batch_the_device_cannot_hold(
+    dc_smoke_workdir, tmp_path, monkeypatch, capsys
+):
+  sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
+  import implanting  # pylint: disable=import-outside-toplevel
+
+  config = implanting.get_config('smoke')
+  config.base_workdir = str(dc_smoke_workdir)
+  plain = fsl_train_implanting.train_and_evaluate(config, str(tmp_path / 'plain'))
+  real, sizes = fsl_train_implanting._batch_accuracies, []
+
+  def only_one_fits(batch_fn, episodes, start, size):
+    sizes.append(size)
+    if size > 1:
+      raise jax.errors.JaxRuntimeError(
+          'RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1234 bytes.'
+      )
+    return real(batch_fn, episodes, start, size)
+
+  monkeypatch.setattr(fsl_train_implanting, '_batch_accuracies', only_one_fits)
+  halved = fsl_train_implanting.train_and_evaluate(config, str(tmp_path / 'halved'))
+  assert halved == plain
+  assert sizes == [4, 2] + [1] * 8
+  out = capsys.readouterr().out
+  assert 'DC+IMP: 4 episodes per batch do not fit in the device memory; trying 2' in out
+  assert '--config.eval.batch_episodes=1 starts there' in out
+
+  def broken(batch_fn, episodes, start, size):
+    raise jax.errors.JaxRuntimeError('INTERNAL: not a memory error')
+
+  monkeypatch.setattr(fsl_train_implanting, '_batch_accuracies', broken)
+  with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
+    fsl_train_implanting.train_and_evaluate(config, str(tmp_path / 'broken'))
+
+
+@needs_omniglot
 def test_implanting_a_missing_layer_is_an_error(dc_smoke_workdir, tmp_path):
   sys.path.insert(0, str(ROOT / 'configs' / 'fsl'))
   import implanting  # pylint: disable=import-outside-toplevel

@@ -23,8 +23,8 @@ miniImageNet (GPU), ResNet-12 base, implants in the last block:
   The paper reports DC+IMP 79.77 (5-shot) and 83.83 (10-shot) against DC 78.95 / 82.66.
   Not run here (no copy of miniImageNet). On an NVIDIA H100, 66.7 episodes/s for ResNet-12
   84x84 at batch_episodes=64 after a ~110 s compile, ~62 GB of GPU memory (it grows linearly
-  with --config.eval.batch_episodes; lower it on a smaller GPU); on the 2-core CPU 1.9 s per
-  ResNet-12 episode at batch_episodes=1 (docs/performance.md).
+  with --config.eval.batch_episodes; a batch the GPU cannot hold is halved until one fits); on
+  the 2-core CPU 1.9 s per ResNet-12 episode at batch_episodes=1 (docs/performance.md).
 
 Args: dataset (omniglot, miniimagenet, cifar_fs, fc100), smoke.
 """
