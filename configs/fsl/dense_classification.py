@@ -16,9 +16,9 @@ plus Lake's 20 one-shot runs; the last checkpoint is kept, nothing is chosen on 
   and `head=gap` for the GAP baseline with the same recipe and seed;
   `--config.wide_control.width=16` for the DC+WIDE control of implanting. Measured
   (10,000 episodes, 5-way 1-shot / 5-shot accuracy %, Lake 20-way one-shot error):
-    DC       90.77 ± 0.15 / 97.06 ± 0.06, Lake 24.00%   (3-5 min on 2 CPU cores)
-    GAP      90.60 ± 0.15 / 97.06 ± 0.06, Lake 25.25%
-    DC+WIDE  91.01 ± 0.15 / 97.15 ± 0.06, Lake 24.75%
+    DC       90.64 ± 0.15 / 97.01 ± 0.06, Lake 26.00%   (3-5 min on 2 CPU cores)
+    GAP      90.75 ± 0.15 / 97.12 ± 0.06, Lake 26.00%
+    DC+WIDE  90.97 ± 0.14 / 97.06 ± 0.06, Lake 22.25%
   `quick` (8 epochs, 1,000 episodes; `make quickstart`), DC: 86.23 ± 0.55 / 94.66 ± 0.27,
   Lake 31.50% with the CPU kernels; 86.01 ± 0.55 / 94.47 ± 0.27, Lake 33.75% without.
 
