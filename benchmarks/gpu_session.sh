@@ -5,6 +5,7 @@
 # to its first batch cold and from the compilation cache (benchmarks/compilation_cache.py).
 #
 #   bash benchmarks/gpu_session.sh                  # results in $OUT (default /tmp/gpu_session)
+#   SMOKE=1 bash benchmarks/gpu_session.sh          # the script itself on a CPU, tiny data
 #
 # Packages JAX's image lacks travel as wheels in .whl/ (docs/performance.md, "Recipe times on
 # a GPU"); without an installed checkout, ssl/ is imported as `semisup` through a link.
@@ -14,6 +15,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
 BUDGET_S=${BUDGET_S:-330}
 SCALE=${SCALE:-0.03}
+if [ -n "${SMOKE:-}" ]; then
+  RECIPE_FLAGS=(--smoke) CACHE_FLAGS=(--quick) PLATFORM=cpu
+else
+  RECIPE_FLAGS=() CACHE_FLAGS=(--cases=resnet12_84) PLATFORM=cuda
+fi
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -33,10 +39,11 @@ cat "$OUT/device.txt"
 
 python3 benchmarks/recipe_speed.py --out=/tmp/recipe_speed --data-dir=/tmp/recipe_data \
   --scale="$SCALE" --dtypes=bfloat16,float32 \
-  --recipes=mini_dc,mini_imp,cifar10_mt_dlp,cifar100_mt_dlp --budget-s="$BUDGET_S"
+  --recipes=mini_dc,mini_imp,cifar10_mt_dlp,cifar100_mt_dlp --budget-s="$BUDGET_S" \
+  "${RECIPE_FLAGS[@]}"
 cp /tmp/recipe_speed/recipe_speed.json /tmp/recipe_speed/recipe_speed.md "$OUT/"
 
-JAX_PLATFORMS=cuda timeout 150 python3 benchmarks/compilation_cache.py --cases=resnet12_84 \
+JAX_PLATFORMS=$PLATFORM timeout 150 python3 benchmarks/compilation_cache.py "${CACHE_FLAGS[@]}" \
   --out=/tmp/compilation_cache
 cp /tmp/compilation_cache/compilation_cache.json "$OUT/" 2>/dev/null
 
