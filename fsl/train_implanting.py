@@ -75,6 +75,7 @@ def load_base(config: ml_collections.ConfigDict):
         'implanting starts from a dense-classification (head=dc) network.'
     )
   training.check_finished(config.base_workdir, 'config.base_workdir')
+  training.check_normalization(config.base_workdir, base_config.dataset, 'config.base_workdir')
   if config.data_dir:
     base_config.data_dir = config.data_dir
   base_config.dtype = training.precision_record(config)['dtype']

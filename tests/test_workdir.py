@@ -223,3 +223,27 @@ def test_a_checkpoint_that_cannot_fit_stops_and_keeps_the_last_one(tmp_path, mon
   assert checkpoints.all_steps() == [1]
   restored = checkpoints.restore({'w': np.zeros(4, np.float32)})
   np.testing.assert_array_equal(restored[0]['w'], state['w'])
+
+
+def test_a_network_trained_on_other_normalisation_is_refused(tmp_path):
+  config = _config()
+  config.dataset = 'cifar_fs'
+  run = training.start_run(str(tmp_path), config)
+  mean, std = workdir_lib.NORMALIZATION['cifar_fs']
+  run.save_config({'normalization': {'mean': list(mean), 'std': list(std)}})
+  run.finish(10)
+  training.check_evaluable(str(tmp_path), config)  # The code's own normalisation passes.
+  cifar10 = {'mean': [0.4914, 0.4822, 0.4465], 'std': [0.2470, 0.2435, 0.2616]}
+  (tmp_path / 'model.json').write_text(json.dumps({'normalization': cifar10}))
+  with pytest.raises(training.WorkdirError) as refused:
+    training.check_evaluable(str(tmp_path), config)
+  message = str(refused.value)
+  assert 'trained on cifar_fs normalised with mean [0.4914, 0.4822, 0.4465]' in message
+  assert f'this code normalises cifar_fs with mean {list(mean)}' in message
+  with pytest.raises(training.WorkdirError, match='which the network never saw'):
+    training.start_run(str(tmp_path), config)
+  with pytest.raises(training.WorkdirError, match='config.base_workdir='):
+    training.check_normalization(str(tmp_path), 'cifar_fs', 'config.base_workdir')
+  (tmp_path / 'model.json').unlink()
+  training.check_normalization(str(tmp_path), 'cifar_fs')  # Trained before model.json: passes.
+  training.start_run(str(tmp_path), config)  # The refusal released the workdir's lock.

@@ -49,6 +49,7 @@ _EXPORTS = {
         'WorkdirError',
         'check_evaluable',
         'check_finished',
+        'check_normalization',
         'check_space',
         'check_writable',
         'config_diff',

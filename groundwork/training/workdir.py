@@ -32,6 +32,7 @@ from typing import Any
 
 import ml_collections
 
+from groundwork.data.augment_spec import NORMALIZATION
 from groundwork.training.files import plain, read_json, write_json
 
 CONFIG_FILE = 'config.json'
@@ -448,6 +449,12 @@ def start_run(
         "Run with the workdir's values, pass another --workdir, or pass "
         f'--allow_config_change to continue it with the new config (recorded in {CHANGES_FILE}).'
     )
+  try:
+    check_normalization(workdir, config.get('dataset'))
+  except WorkdirError:
+    if writes:
+      _release(workdir)
+    raise
   if changes:
     allowed = 'allowed by --allow_config_change' if refused else 'fields safe to change'
     print(
@@ -512,4 +519,25 @@ def check_evaluable(workdir: str, config: ml_collections.ConfigDict | dict) -> N
         "Evaluate with the workdir's own values (launch/evaluate.py --workdir=... alone "
         f'reads its config.json); only {", ".join(SAFE_TO_CHANGE)} may differ.'
     )
+  check_normalization(workdir, config.get('dataset'))
   check_finished(workdir)
+
+
+def check_normalization(workdir: str, dataset: str | None, field: str = '--workdir') -> None:
+  """Raises WorkdirError when `workdir`'s model.json says its network was trained on inputs
+  normalised otherwise than this code normalises `dataset` now (a changed
+  `groundwork.data.augment_spec.NORMALIZATION`): its features would be computed on inputs it
+  never saw. A workdir without model.json, or a dataset without an entry, passes."""
+  path = os.path.join(workdir, MODEL_FILE)
+  if dataset not in NORMALIZATION or not os.path.exists(path):
+    return
+  trained = read_json(path).get('normalization')
+  mean, std = NORMALIZATION[dataset]
+  now = {'mean': list(mean), 'std': list(std)}
+  if trained is not None and trained != now:
+    raise WorkdirError(
+        f'{field}={workdir} was trained on {dataset} normalised with mean {trained["mean"]}, '
+        f'std {trained["std"]} ({MODEL_FILE}); this code normalises {dataset} with mean '
+        f'{now["mean"]}, std {now["std"]}, which the network never saw. Use the version of the '
+        'code that trained it, or train it again in a new --workdir.'
+    )
