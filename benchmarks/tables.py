@@ -13,7 +13,7 @@ their commands. Every table ends with the provenance of its runs, which README q
 Tables: quickstart (seeds x installs: run once with the CPU kernels and once without, e.g.
 `make tables TABLE=quickstart` then the same with CPU_KERNELS=no, to see that a result does not
 depend on the kernels a machine built), omniglot, omniglot_implanting, omniglot_paired,
-fmnist, fmnist_full (the GPU table), digits.
+fmnist, fmnist_full (the GPU table), digits, retrieval.
 """
 
 from collections.abc import Callable, Sequence
@@ -336,6 +336,35 @@ def print_digits(root: str, results: dict) -> None:
     print(f'| {label} | {percent(row["test_error"])} | {percent(row["transductive_accuracy"])} |')
 
 
+def retrieval_runs() -> list[Run]:
+  fmnist = {run.name: run for run in fmnist_runs()}
+  return [omniglot_runs()[1], fmnist['fmnist_supervised'], fmnist['fmnist_dlp']]
+
+
+def print_retrieval(root: str, results: dict) -> None:
+  print("| data | Euclidean | diffusion, the paper's k = 50, k_q = 10, α = 0.99 |")
+  print('|---|---|---|')
+  for name, label in (
+      ('omniglot_conv4_dc', 'Omniglot novel characters (2,120 images, DC)'),
+      ('fmnist_dlp', 'Fashion-MNIST test set (10,000, the DLP student)'),
+  ):
+    if name not in results:
+      continue
+    found = results[name]['retrieval']
+    cells = [
+        ' / '.join(
+            f'{100 * found[f"{ranking}_{metric}"]:.2f}'
+            for metric in ('map_at_r', 'r_precision', 'precision_at_1')
+        )
+        for ranking in ('euclidean', 'diffusion')
+    ]
+    print(f'| {label} | ' + ' | '.join(cells) + ' |')
+  print(
+      '\n(MAP@R / R-Precision / P@1, %; the validation-chosen diffusion column comes from '
+      'benchmarks/diffusion_sweep.py, docs/diffusion.md)'
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
   runs: Callable[[], Sequence[Run]]
@@ -352,6 +381,7 @@ TABLES = {
     'fmnist': Table(fmnist_runs, print_fmnist),
     'fmnist_full': Table(fmnist_full_runs, print_fmnist_full),
     'digits': Table(digits_runs, print_digits),
+    'retrieval': Table(retrieval_runs, print_retrieval),
 }
 
 

@@ -94,3 +94,22 @@ def test_unknown_table_is_refused(tmp_path):
   )
   assert result.returncode != 0
   assert "no table ['omniglott']" in result.stderr
+
+
+def test_retrieval_rows_and_the_missing_run(tmp_path):
+  root = str(tmp_path)
+  found = {}
+  for ranking, values in (
+      ('euclidean', (0.389, 0.4849, 0.7712)),
+      ('diffusion', (0.384, 0.475, 0.6981)),
+  ):
+    for metric, value in zip(('map_at_r', 'r_precision', 'precision_at_1'), values):
+      found[f'{ranking}_{metric}'] = value
+  write(root, 'omniglot_conv4_dc', {**fewshot(0.9, 0.97, 0.26), 'retrieval': found}, PROVENANCE)
+  out = tables(root, 'retrieval')
+  assert (
+      '| Omniglot novel characters (2,120 images, DC) | 38.90 / 48.49 / 77.12 '
+      '| 38.40 / 47.50 / 69.81 |'
+  ) in out
+  assert 'Fashion-MNIST test set' not in out
+  assert 'missing fmnist_dlp: launch/train.py' in out and '--config.init_workdir=' in out
