@@ -13,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_session}
-BUDGET_S=${BUDGET_S:-330}
+BUDGET_S=${BUDGET_S:-300}
 SCALE=${SCALE:-0.03}
 if [ -n "${SMOKE:-}" ]; then
   RECIPE_FLAGS=(--smoke) CACHE_FLAGS=(--quick) PLATFORM=cpu
@@ -43,7 +43,7 @@ python3 benchmarks/recipe_speed.py --out=/tmp/recipe_speed --data-dir=/tmp/recip
   "${RECIPE_FLAGS[@]}"
 cp /tmp/recipe_speed/recipe_speed.json /tmp/recipe_speed/recipe_speed.md "$OUT/"
 
-JAX_PLATFORMS=$PLATFORM timeout 150 python3 benchmarks/compilation_cache.py "${CACHE_FLAGS[@]}" \
+JAX_PLATFORMS=$PLATFORM timeout 200 python3 benchmarks/compilation_cache.py "${CACHE_FLAGS[@]}" \
   --out=/tmp/compilation_cache
 cp /tmp/compilation_cache/compilation_cache.json "$OUT/" 2>/dev/null
 
