@@ -70,22 +70,21 @@ def test_validations_and_episodes_by_hand():
   assert math.isclose(projected, 15.0 + (10_000 - 640) / 57.6)
 
 
-def test_smoke_run_end_to_end(tmp_path):
-  cmd = [
-      sys.executable,
-      str(ROOT / 'benchmarks' / 'recipe_speed.py'),
-      '--smoke',
-      '--recipes=mini_dc',
-      '--dtypes=bfloat16',
-      f'--out={tmp_path}',
-  ]
+def smoke_report(out_dir, *flags: str) -> dict:
+  """recipe_speed.json of `recipe_speed.py --smoke --dtypes=bfloat16 *flags` into out_dir."""
+  cmd = [sys.executable, str(ROOT / 'benchmarks' / 'recipe_speed.py'), '--smoke']
+  cmd += ['--dtypes=bfloat16', *flags, f'--out={out_dir}']
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return json.loads((out_dir / 'recipe_speed.json').read_text())
+
+
+def test_smoke_run_end_to_end(tmp_path):
+  report = smoke_report(tmp_path, '--recipes=mini_dc')
   names = sorted(os.listdir(tmp_path / 'data' / 'miniimagenet'))
   assert [n for n in names if n.endswith('.pkl')] == [
       f'mini-imagenet-cache-{split}.pkl' for split in ('test', 'train', 'val')
   ]
-  report = json.loads((tmp_path / 'recipe_speed.json').read_text())
   (dc,) = report['runs']
   assert 'error' not in dc, dc.get('error')
   assert dc['recipe'] == 'mini_dc' and dc['run_epochs'] == 1 and dc['full_epochs'] == 60
@@ -99,19 +98,7 @@ def test_smoke_run_end_to_end(tmp_path):
 
 
 def test_budget_spent_reports_the_runs_left_out(tmp_path):
-  cmd = [
-      sys.executable,
-      str(ROOT / 'benchmarks' / 'recipe_speed.py'),
-      '--smoke',
-      '--recipes=mini_dc,cifar10_mt_dlp',
-      '--dtypes=bfloat16',
-      '--skip-step',
-      '--budget-s=1',
-      f'--out={tmp_path}',
-  ]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  report = json.loads((tmp_path / 'recipe_speed.json').read_text())
+  report = smoke_report(tmp_path, '--recipes=mini_dc,cifar10_mt_dlp', '--skip-step', '--budget-s=1')
   assert [(r['recipe'], r['error']) for r in report['runs']] == [
       ('mini_dc', 'not run: --budget-s spent'),
       ('cifar10_mt_dlp', 'not run: --budget-s spent'),
