@@ -626,7 +626,7 @@ def main() -> None:
         continue
       results.append(run_recipe(name, dtype, args, data_dir, env, min(args.timeout, left)))
       print(json.dumps({k: v for k, v in results[-1].items() if k != "command"}), flush=True)
-      report = write_report(args.out, results, step, info)
+      write_report(args.out, results, step, info)  # What an interrupted session keeps.
   report = write_report(args.out, results, step, info)
   print("\n" + report)
   print(f"wrote {args.out}/recipe_speed.json and recipe_speed.md")

@@ -440,18 +440,16 @@ def start_run(
   saved = read_config(workdir)
   changes = config_diff(saved, config) if saved is not None else []
   refused = [change for change in changes if not is_safe_to_change(change[0])]
-  if refused and not allow_config_change:
-    if writes:
-      _release(workdir)
-    raise ConfigChanged(
-        f'workdir {workdir} holds a run of another config; these fields differ from its '
-        f'{CONFIG_FILE}:\n{describe_diff(refused, "the workdir", "now")}\n'
-        "Run with the workdir's values, pass another --workdir, or pass "
-        f'--allow_config_change to continue it with the new config (recorded in {CHANGES_FILE}).'
-    )
   try:
+    if refused and not allow_config_change:
+      raise ConfigChanged(
+          f'workdir {workdir} holds a run of another config; these fields differ from its '
+          f'{CONFIG_FILE}:\n{describe_diff(refused, "the workdir", "now")}\n'
+          "Run with the workdir's values, pass another --workdir, or pass --allow_config_change "
+          f'to continue it with the new config (recorded in {CHANGES_FILE}).'
+      )
     check_normalization(workdir, config.get('dataset'))
-  except WorkdirError:
+  except WorkdirError:  # A refused run leaves the workdir free.
     if writes:
       _release(workdir)
     raise
